@@ -1,0 +1,228 @@
+"""Dataclass configs, documented field by field; the command line and config files derive from them.
+
+Each field carries its help text (and, where it has a closed set, its choices) in `metadata`,
+so the parser, `--help` and the validation messages never repeat a field's description.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from esrl.errors import InputError
+
+
+def _f(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass
+class RunConfig:
+    """Where and how long a training run goes, and how it is measured."""
+
+    env: str = _f("CartPole-v1", "Gymnasium environment id")
+    seed: int = _f(0, "run seed; every random stream derives from it")
+    backend: str = _f("processes", "where the work runs", ("serial", "processes"))
+    workers: int = _f(0, "worker processes (0 = number of CPU cores)")
+    target_return: float | None = _f(None, "evaluation return that counts as solved (default: the env's reward_threshold)")
+    max_seconds: float = _f(600.0, "wall-clock budget in seconds (0 = none)")
+    max_iterations: int = _f(0, "iteration budget (0 = none)")
+    max_env_steps: int = _f(0, "env-step budget (0 = none)")
+    eval_episodes: int = _f(10, "noiseless evaluation episodes per evaluation")
+    eval_every: int = _f(1, "evaluate the unperturbed policy every this many iterations")
+    checkpoint_every: int = _f(10, "write a checkpoint every this many iterations (and at the end)")
+    verify_every: int = _f(10, "compare worker replicas' parameter hashes every this many iterations")
+    stop_on_solve: bool = _f(True, "stop at the first evaluation at or above the target")
+    run_dir: str = _f("", "run directory (default: runs/<algo>-<env>-s<seed>)")
+
+    def validate(self) -> None:
+        _check(self.backend in ("serial", "processes"), "backend", f"unknown backend {self.backend!r}", "serial, processes")
+        _check(self.workers >= 0, "workers", f"must be >= 0, got {self.workers}", "0 (all cores) or a positive count")
+        _check(self.max_seconds >= 0, "max_seconds", f"must be >= 0, got {self.max_seconds}")
+        _check(self.max_iterations >= 0, "max_iterations", f"must be >= 0, got {self.max_iterations}")
+        _check(self.max_env_steps >= 0, "max_env_steps", f"must be >= 0, got {self.max_env_steps}")
+        _check(self.eval_episodes >= 1, "eval_episodes", f"must be >= 1, got {self.eval_episodes}")
+        for name in ("eval_every", "checkpoint_every", "verify_every"):
+            _check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class ESConfig:
+    """OpenAI-ES hyperparameters (Salimans et al. 2017)."""
+
+    population: int = _f(48, "perturbations per iteration (even when mirrored)")
+    sigma: float = _f(0.1, "noise standard deviation")
+    mirrored: bool = _f(True, "evaluate +eps and -eps as a pair")
+    shaping: str = _f("centered_rank", "fitness shaping", ("centered_rank", "raw", "sign"))
+    optimizer: str = _f("adam", "optimizer on the flat parameter vector", ("adam", "sgd"))
+    lr: float = _f(0.05, "optimizer step size")
+    momentum: float = _f(0.9, "SGD momentum")
+    beta1: float = _f(0.9, "Adam beta1")
+    beta2: float = _f(0.999, "Adam beta2")
+    l2: float = _f(0.005, "L2 weight decay coefficient")
+    hidden: tuple[int, ...] = _f((16,), "hidden layer sizes, comma-separated (empty: linear)")
+    obs_norm: bool = _f(True, "normalize observations with running statistics")
+    obs_norm_fraction: float = _f(0.05, "fraction of rollouts whose observations update the statistics")
+    obs_clip: float = _f(5.0, "clip normalized observations to +-this")
+    adaptive_cap: bool = _f(False, "cap episodes at 2 x the previous iteration's mean length")
+    action_noise: float = _f(0.0, "std of Gaussian noise added to policy outputs during training")
+    noise_table_size: int = _f(0, "noise table entries (0 = max(4M, 64 x parameters))")
+    chunk: int = _f(0, "members per task sent to a worker (0 = automatic)")
+
+    def validate(self) -> None:
+        _check(self.sigma > 0, "sigma", f"must be > 0, got {self.sigma}", "a positive float such as 0.02")
+        _check(self.population >= 2, "population", f"must be >= 2, got {self.population}")
+        if self.mirrored:
+            _check(self.population % 2 == 0, "population", f"must be even with mirrored sampling, got {self.population}",
+                   "an even count, or --no-mirrored")
+        _check(self.shaping in ("centered_rank", "raw", "sign"), "shaping", f"unknown {self.shaping!r}",
+               "centered_rank, raw, sign")
+        _check(self.optimizer in ("adam", "sgd"), "optimizer", f"unknown {self.optimizer!r}", "adam, sgd")
+        _check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        _check(0 <= self.momentum < 1, "momentum", f"must be in [0, 1), got {self.momentum}")
+        _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "beta1/beta2", "must be in [0, 1)")
+        _check(self.l2 >= 0, "l2", f"must be >= 0, got {self.l2}")
+        _check(all(h > 0 for h in self.hidden), "hidden", f"sizes must be positive, got {self.hidden}")
+        _check(0 <= self.obs_norm_fraction <= 1, "obs_norm_fraction", f"must be in [0, 1], got {self.obs_norm_fraction}")
+        _check(self.obs_clip > 0, "obs_clip", f"must be > 0, got {self.obs_clip}")
+        _check(self.action_noise >= 0, "action_noise", f"must be >= 0, got {self.action_noise}")
+        _check(self.noise_table_size >= 0, "noise_table_size", f"must be >= 0, got {self.noise_table_size}")
+        _check(self.chunk >= 0, "chunk", f"must be >= 0, got {self.chunk}")
+
+
+ALGORITHMS: dict[str, type] = {"es": ESConfig}
+
+
+def _check(ok: bool, name: str, problem: str, accepted: str | None = None) -> None:
+    if not ok:
+        raise InputError(name, problem, accepted)
+
+
+# --- command line and files ------------------------------------------------------------------
+
+def _base_type(tp: Any) -> Any:
+    """int | None -> int; other annotations unchanged."""
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0]
+    return tp
+
+
+def _parse_ints(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in text.split(",") if p.strip())
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One option per dataclass field; defaults are suppressed so that only given flags override."""
+    hints = typing.get_type_hints(cls)
+    group = parser.add_argument_group(cls.__name__, (cls.__doc__ or "").strip())
+    for f in dataclasses.fields(cls):
+        tp = _base_type(hints[f.name])
+        flag = "--" + f.name.replace("_", "-")
+        help_ = f"{f.metadata['help']} [default: {_show(f.default)}]"
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_}
+        if tp is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+        elif typing.get_origin(tp) is tuple:
+            group.add_argument(flag, type=_parse_ints, metavar="N,N", **kwargs)
+        else:
+            group.add_argument(flag, type=tp, choices=f.metadata.get("choices"), **kwargs)
+
+
+def _show(v: Any) -> str:
+    if isinstance(v, tuple):
+        return ",".join(map(str, v)) or "(none)"
+    return repr(v) if isinstance(v, str) else str(v)
+
+
+def build(cls: type, values: dict[str, Any]) -> Any:
+    """An instance of `cls` from a mapping, coercing types; unknown keys are errors."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in names:
+            raise InputError(key, f"unknown setting for {cls.__name__}", ", ".join(sorted(names)))
+        out[key] = _coerce(key, _base_type(hints[key]), value)
+    return cls(**out)
+
+
+def _coerce(key: str, tp: Any, value: Any) -> Any:
+    if value is None:
+        return None
+    try:
+        if typing.get_origin(tp) is tuple:
+            return _parse_ints(value) if isinstance(value, str) else tuple(int(v) for v in value)
+        if tp is bool:
+            if not isinstance(value, bool):
+                raise TypeError
+            return value
+        if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if tp is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if tp is str and isinstance(value, str):
+            return value
+    except (TypeError, ValueError):
+        pass
+    else:
+        if tp not in (bool, float, int, str):
+            return value
+    raise InputError(key, f"expected {getattr(tp, '__name__', tp)}, got {value!r}")
+
+
+def load_file(path: str | Path) -> dict[str, Any]:
+    """A flat mapping of settings from a .toml, .yaml/.yml or .json file."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise InputError("config", f"cannot read {p}: {exc.strerror}") from None
+    try:
+        if p.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif p.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        elif p.suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise InputError("config", f"unknown file type {p.suffix!r}", ".toml, .yaml, .yml, .json")
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, ValueError) as exc:
+        if isinstance(exc, InputError):
+            raise
+        raise InputError("config", f"cannot parse {p}: {exc}".splitlines()[0]) from None
+    except Exception as exc:  # yaml.YAMLError without importing yaml at module level
+        raise InputError("config", f"cannot parse {p}: {exc}".splitlines()[0]) from None
+    if not isinstance(data, dict):
+        raise InputError("config", f"{p} must hold a mapping of setting: value")
+    return data
+
+
+def split_settings(values: dict[str, Any], algo_cls: type) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split a flat mapping into (run settings, algorithm settings); unknown keys are errors."""
+    run_names = {f.name for f in dataclasses.fields(RunConfig)}
+    algo_names = {f.name for f in dataclasses.fields(algo_cls)}
+    run, algo = {}, {}
+    for k, v in values.items():
+        k = k.replace("-", "_")
+        if k in run_names:
+            run[k] = v
+        elif k in algo_names:
+            algo[k] = v
+        else:
+            raise InputError(k, "unknown setting", ", ".join(sorted(run_names | algo_names)))
+    return run, algo
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """JSON-ready dict of a config dataclass (tuples become lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}

@@ -1,0 +1,268 @@
+"""OpenAI-ES as a replicated state machine.
+
+A replica holds theta, the optimizer state, the observation statistics and the episode
+cap. It evaluates members of an iteration on request (`run`) and applies the broadcast
+update (`apply`). The coordinator's own replica and every worker's apply the same
+deterministic update to the same inputs, so they stay bit-identical while only scalars
+travel: per member a (return, length) pair up, per member one shaped return down.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from esrl import envs, seeding
+from esrl.config import ESConfig
+from esrl.es import noise, optim, shaping
+from esrl.es.obstat import ObsStat
+from esrl.es.rollout import run_episodes
+from esrl.policies import MLP
+
+MAX_BATCH_FLOATS = 1 << 22  # rows x params evaluated at once; bounds memory for big policies
+
+
+@dataclass(frozen=True)
+class ESSetup:
+    """Everything a replica needs to build itself: small, picklable, sent once per worker."""
+
+    cfg: ESConfig
+    spec: envs.EnvSpec
+    seed: int
+
+    def build(self) -> ESReplica:
+        return ESReplica(self)
+
+
+@dataclass
+class Update:
+    """The broadcast of one iteration: shaped returns per member, obs-stat delta, next cap."""
+
+    iteration: int
+    shaped: np.ndarray  # (population,) float32; zero for dropped members
+    obs_sum: np.ndarray | None
+    obs_sumsq: np.ndarray | None
+    obs_count: float
+    step_cap: int
+
+
+@dataclass
+class Results:
+    """What the coordinator gathers for one iteration, in member order."""
+
+    returns: np.ndarray
+    lengths: np.ndarray
+    eval_returns: np.ndarray
+    eval_lengths: np.ndarray
+    obs: list[tuple[int, np.ndarray, np.ndarray, int]] = field(default_factory=list)
+
+
+class ESReplica:
+    """One replica of the ES state; see the module docstring."""
+
+    def __init__(self, setup: ESSetup) -> None:
+        self.setup = setup
+        self.cfg = setup.cfg
+        self.policy = MLP(setup.spec, tuple(self.cfg.hidden), self.cfg.obs_clip)
+        self.dim = self.policy.num_params
+        self.table_size = self.cfg.noise_table_size or noise.auto_table_size(self.dim)
+        self.table = noise.noise_table(setup.seed, self.table_size)
+        self.theta = self.policy.init(seeding.rng(setup.seed, "policy_init"))
+        self.opt = optim.OptimizerState.zeros(self.dim)
+        self.obstat = ObsStat.empty((setup.spec.obs_dim,))
+        self.step_cap = setup.spec.max_episode_steps
+        self.iteration = 0
+        self._envs: list[Any] = []
+
+    # --- evaluation -----------------------------------------------------------------------
+    def envs_for(self, n: int) -> list[Any]:
+        while len(self._envs) < n:
+            self._envs.append(envs.lean(envs.make(self.setup.spec.env_id)))
+        return self._envs[:n]
+
+    def normalizer(self) -> tuple[np.ndarray, np.ndarray]:
+        if not self.cfg.obs_norm:
+            d = self.setup.spec.obs_dim
+            return np.zeros(d, np.float32), np.ones(d, np.float32)
+        return self.obstat.normalizer()
+
+    def run(self, task: tuple[str, int, int, int]) -> dict[str, Any]:
+        """Evaluate ('pop', t, lo, hi): members lo..hi-1, or ('eval', t, lo, hi): noiseless episodes."""
+        kind, t, lo, hi = task
+        if t != self.iteration:
+            raise RuntimeError(f"replica at iteration {self.iteration} asked to evaluate iteration {t}")
+        seed, n = self.setup.seed, self.cfg.population
+        mean, inv_std = self.normalizer()
+        if kind == "eval":
+            seeds = seeding.rng(seed, "eval_seeds", t).integers(0, 2**31 - 1, size=hi)[lo:hi]
+            params = np.repeat(self.theta[None], hi - lo, axis=0)
+            ep = run_episodes(self.envs_for(hi - lo), self.policy, params, seeds, 1 << 62, mean, inv_std)
+            return {"kind": kind, "lo": lo, "returns": ep.returns, "lengths": ep.lengths}
+        members = np.arange(lo, hi)
+        seeds = episode_seeds(seed, t, n)[lo:hi]
+        record = obs_record_mask(seed, t, n, self.cfg.obs_norm_fraction if self.cfg.obs_norm else 0.0)[lo:hi]
+        rows = max(1, MAX_BATCH_FLOATS // self.dim)
+        returns, lengths, obs = [], [], []
+        for s in range(0, len(members), rows):
+            m = members[s : s + rows]
+            params = self.member_params(m)
+            gens = None
+            if self.cfg.action_noise > 0:
+                gens = [seeding.rng(seed, "action_noise", t, int(i)) for i in m]
+            ep = run_episodes(
+                self.envs_for(len(m)), self.policy, params, seeds[s : s + rows], self.step_cap, mean, inv_std,
+                record[s : s + rows], gens, self.cfg.action_noise,
+            )
+            returns.append(ep.returns)
+            lengths.append(ep.lengths)
+            for k, i in enumerate(m[record[s : s + rows]]):
+                obs.append((int(i), ep.obs_sum[k], ep.obs_sumsq[k], int(ep.obs_count[k])))
+        return {"kind": kind, "lo": lo, "returns": np.concatenate(returns), "lengths": np.concatenate(lengths),
+                "obs": obs}
+
+    def member_params(self, members: np.ndarray) -> np.ndarray:
+        """theta + sigma * eps_i for each member (rows)."""
+        offsets, slots, signs = self.addresses(self.iteration)
+        idx = offsets[slots[members]][:, None] + np.arange(self.dim)[None, :]
+        eps = self.table[idx] * signs[members][:, None]
+        return self.theta[None, :] + np.float32(self.cfg.sigma) * eps
+
+    def addresses(self, t: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(table offsets per slice, slice of each member, sign of each member) for iteration t."""
+        n = self.cfg.population
+        if self.cfg.mirrored:
+            offsets = noise.pair_offsets(self.setup.seed, t, n // 2, self.table_size, self.dim)
+            members = np.arange(n)
+            return offsets, members // 2, np.where(members % 2 == 0, 1.0, -1.0).astype(np.float32)
+        offsets = noise.pair_offsets(self.setup.seed, t, n, self.table_size, self.dim)
+        return offsets, np.arange(n), np.ones(n, np.float32)
+
+    # --- update ---------------------------------------------------------------------------
+    def apply(self, update: Update) -> float:
+        """Apply the broadcast update of iteration `update.iteration`; returns the step's L2 norm."""
+        if update.iteration != self.iteration:
+            raise RuntimeError(f"replica at iteration {self.iteration} got the update of {update.iteration}")
+        cfg = self.cfg
+        offsets, slots, signs = self.addresses(self.iteration)
+        weights = np.zeros(len(offsets), np.float32)
+        np.add.at(weights, slots, update.shaped * signs)
+        grad = noise.weighted_noise_sum(self.table, offsets, weights, self.dim)
+        grad *= np.float32(1.0 / (cfg.population * cfg.sigma))
+        grad -= np.float32(cfg.l2) * self.theta
+        if cfg.optimizer == "adam":
+            step = optim.adam_step(self.opt, grad, cfg.lr, cfg.beta1, cfg.beta2)
+        else:
+            step = optim.sgd_step(self.opt, grad, cfg.lr, cfg.momentum)
+        self.theta = self.theta + step
+        if update.obs_sum is not None and update.obs_sumsq is not None:
+            self.obstat.add(update.obs_sum, update.obs_sumsq, update.obs_count)
+        self.step_cap = update.step_cap
+        self.iteration += 1
+        return float(np.linalg.norm(step))
+
+    # --- state ----------------------------------------------------------------------------
+    def get_state(self) -> dict[str, Any]:
+        return {
+            "theta": self.theta.copy(), "opt_m": self.opt.m.copy(), "opt_v": self.opt.v.copy(),
+            "obs_sum": self.obstat.total.copy(), "obs_sumsq": self.obstat.sumsq.copy(),
+            "opt_step": self.opt.step, "obs_count": self.obstat.count, "step_cap": self.step_cap,
+            "iteration": self.iteration,
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        if np.shape(state["theta"]) != (self.dim,):
+            raise ValueError(f"theta has shape {np.shape(state['theta'])}, this policy needs ({self.dim},)")
+        self.theta = np.array(state["theta"], np.float32)
+        self.opt = optim.OptimizerState(np.array(state["opt_m"], np.float32), np.array(state["opt_v"], np.float32),
+                                        int(state["opt_step"]))
+        self.obstat = ObsStat(np.array(state["obs_sum"], np.float64), np.array(state["obs_sumsq"], np.float64),
+                              float(state["obs_count"]))
+        self.step_cap = int(state["step_cap"])
+        self.iteration = int(state["iteration"])
+
+    def digest(self) -> str:
+        """Hash of everything the next update depends on; equal across replicas in sync."""
+        h = hashlib.blake2b(digest_size=16)
+        for a in (self.theta, self.opt.m, self.opt.v, self.obstat.total, self.obstat.sumsq):
+            h.update(np.ascontiguousarray(a).tobytes())
+        h.update(repr((self.opt.step, self.obstat.count, self.step_cap, self.iteration)).encode())
+        return h.hexdigest()
+
+
+# --- coordinator-side pure functions ----------------------------------------------------------
+
+def episode_seeds(seed: int, t: int, population: int) -> np.ndarray:
+    """Env reset seeds of iteration t's members (a pure function of seed, t, member)."""
+    return seeding.rng(seed, "episode_seeds", t).integers(0, 2**31 - 1, size=population)
+
+
+def obs_record_mask(seed: int, t: int, population: int, fraction: float) -> np.ndarray:
+    """Which members of iteration t feed the observation statistics."""
+    if fraction <= 0:
+        return np.zeros(population, bool)
+    return seeding.rng(seed, "obs_record", t).random(population) < fraction
+
+
+def tasks(t: int, population: int, eval_episodes: int, chunk: int) -> list[tuple[str, int, int, int]]:
+    """The work of iteration t: population members and eval episodes in contiguous ranges."""
+    out = [("pop", t, lo, min(lo + chunk, population)) for lo in range(0, population, chunk)]
+    if eval_episodes:
+        step = max(1, min(chunk, eval_episodes))
+        out += [("eval", t, lo, min(lo + step, eval_episodes)) for lo in range(0, eval_episodes, step)]
+    return out
+
+
+def gather(results: list[dict[str, Any]], population: int, eval_episodes: int) -> Results:
+    """Merge task results, keyed by member, into member order."""
+    r = Results(np.full(population, np.nan), np.zeros(population, np.int64),
+                np.full(eval_episodes, np.nan), np.zeros(eval_episodes, np.int64))
+    for res in results:
+        lo, n = res["lo"], len(res["returns"])
+        if res["kind"] == "pop":
+            r.returns[lo : lo + n] = res["returns"]
+            r.lengths[lo : lo + n] = res["lengths"]
+            r.obs.extend(res["obs"])
+        else:
+            r.eval_returns[lo : lo + n] = res["returns"]
+            r.eval_lengths[lo : lo + n] = res["lengths"]
+    r.obs.sort(key=lambda o: o[0])
+    return r
+
+
+def make_update(cfg: ESConfig, t: int, res: Results, max_episode_steps: int) -> tuple[Update, int]:
+    """Shape the returns of iteration t into the broadcast; also returns the non-finite count.
+
+    Non-finite returns are dropped (with their mirror partner) and counted, never ranked.
+    """
+    finite = np.isfinite(res.returns)
+    if cfg.mirrored:
+        pair_ok = finite[0::2] & finite[1::2]
+        finite = np.repeat(pair_ok, 2)
+    shaped = np.zeros(cfg.population, np.float32)
+    if finite.sum() >= 2:
+        shaped[finite] = shaping.SHAPINGS[cfg.shaping](res.returns[finite])
+    obs_sum = obs_sumsq = None
+    count = 0.0
+    if res.obs:
+        obs_sum = np.zeros_like(res.obs[0][1])
+        obs_sumsq = np.zeros_like(res.obs[0][2])
+        for _, s, sq, c in res.obs:  # member order: the same float sums on every replica
+            obs_sum += s
+            obs_sumsq += sq
+            count += c
+    cap = max_episode_steps
+    if cfg.adaptive_cap and finite.any():
+        cap = int(min(max_episode_steps, max(1, 2 * int(np.ceil(res.lengths[finite].mean())))))
+    nonfinite = int((~np.isfinite(res.returns)).sum())
+    return Update(t, shaped, obs_sum, obs_sumsq, count, cap), nonfinite
+
+
+def unperturbed_rank(population_returns: np.ndarray, center_return: float) -> float:
+    """Fraction of the population that the unperturbed policy beats (1.0: better than all)."""
+    r = population_returns[np.isfinite(population_returns)]
+    if r.size == 0 or not np.isfinite(center_return):
+        return float("nan")
+    return float((r < center_return).mean())

@@ -1,0 +1,83 @@
+"""Episodes of many parameter vectors at once: one env per row, one batched forward per step."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+
+from esrl.policies import MLP
+
+
+@dataclass
+class Episodes:
+    """Per-row results of `run_episodes`; observation sums only for the rows asked to record."""
+
+    returns: np.ndarray  # (B,) float64
+    lengths: np.ndarray  # (B,) int64
+    obs_sum: np.ndarray  # (R, obs_dim) float64, R = recorded rows in row order
+    obs_sumsq: np.ndarray  # (R, obs_dim) float64
+    obs_count: np.ndarray  # (R,) int64
+
+
+def run_episodes(
+    envs: Sequence[gym.Env],
+    policy: MLP,
+    params: np.ndarray,
+    reset_seeds: Sequence[int],
+    step_cap: int,
+    mean: np.ndarray,
+    inv_std: np.ndarray,
+    record: np.ndarray | None = None,
+    action_noise: list[np.random.Generator] | None = None,
+    action_noise_std: float = 0.0,
+) -> Episodes:
+    """Run one episode per parameter row; row i uses envs[i] reset with reset_seeds[i].
+
+    Rows that finish drop out of the batch, so a long tail of survivors costs only itself.
+    """
+    b = params.shape[0]
+    rec = np.zeros(b, bool) if record is None else np.asarray(record, bool)
+    rec_rows = np.flatnonzero(rec)
+    rec_slot = np.full(b, -1)
+    rec_slot[rec_rows] = np.arange(rec_rows.size)
+    obs_sum = np.zeros((rec_rows.size, policy.spec.obs_dim))
+    obs_sumsq = np.zeros_like(obs_sum)
+    obs_count = np.zeros(rec_rows.size, np.int64)
+
+    returns = np.zeros(b)
+    lengths = np.zeros(b, np.int64)
+    x = policy.preprocess(np.stack([env.reset(seed=int(s))[0] for env, s in zip(envs, reset_seeds, strict=True)]))
+    cap = min(int(step_cap), policy.spec.max_episode_steps)
+    active = np.arange(b)
+    p_active = params
+    while active.size:
+        xa = x[active]
+        if rec_rows.size:
+            slots = rec_slot[active]
+            keep = slots >= 0
+            if keep.any():
+                s, xr = slots[keep], xa[keep].astype(np.float64)
+                obs_sum[s] += xr
+                obs_sumsq[s] += xr * xr
+                obs_count[s] += 1
+        out = policy.forward(p_active, xa, mean, inv_std)
+        if action_noise is not None and action_noise_std > 0:
+            out = out + np.stack([action_noise[i].standard_normal(out.shape[1]) for i in active]).astype(
+                np.float32
+            ) * np.float32(action_noise_std)
+        actions = policy.to_actions(out)
+        done = np.zeros(active.size, bool)
+        discrete = policy.spec.discrete
+        for j, i in enumerate(active):
+            obs, r, term, trunc, _ = envs[i].step(int(actions[j]) if discrete else actions[j])
+            returns[i] += r
+            lengths[i] += 1
+            x[i] = obs if not policy.spec.obs_onehot else policy.preprocess(np.asarray([obs]))[0]
+            done[j] = term or trunc or lengths[i] >= cap
+        if done.any():
+            active = active[~done]
+            p_active = params[active]
+    return Episodes(returns, lengths, obs_sum, obs_sumsq, obs_count)

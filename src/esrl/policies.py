@@ -1,0 +1,81 @@
+"""Deterministic MLP policies over a flat parameter vector, batched over parameter rows in numpy.
+
+Rollouts of small policies must not pay torch's per-call overhead, so the forward pass is
+numpy, batched over many parameter vectors (members) at once: one matmul per layer per
+step serves the whole batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from esrl.envs import EnvSpec
+
+
+@dataclass(frozen=True)
+class MLP:
+    """tanh MLP: obs -> hidden... -> logits (argmax, Discrete) or tanh mapped into bounds (Box)."""
+
+    spec: EnvSpec
+    hidden: tuple[int, ...]
+    obs_clip: float = 5.0
+
+    @property
+    def layer_sizes(self) -> list[tuple[int, int]]:
+        dims = [self.spec.obs_dim, *self.hidden, self.spec.act_dim]
+        return list(zip(dims[:-1], dims[1:], strict=True))
+
+    @property
+    def num_params(self) -> int:
+        return sum(i * o + o for i, o in self.layer_sizes)
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Named tensor shapes in flat order (weights are (out, in))."""
+        out: dict[str, tuple[int, ...]] = {}
+        for k, (i, o) in enumerate(self.layer_sizes):
+            out[f"layer{k}.weight"] = (o, i)
+            out[f"layer{k}.bias"] = (o,)
+        return out
+
+    def init(self, gen: np.random.Generator) -> np.ndarray:
+        """Column-normalized Gaussian weights (std 1 hidden, 0.01 output), zero biases."""
+        parts = []
+        layers = self.layer_sizes
+        for k, (i, o) in enumerate(layers):
+            w = gen.standard_normal((o, i))
+            w *= (0.01 if k == len(layers) - 1 else 1.0) / np.sqrt(np.square(w).sum(axis=1, keepdims=True))
+            parts += [w.ravel(), np.zeros(o)]
+        return np.concatenate(parts).astype(np.float32)
+
+    def preprocess(self, obs: np.ndarray) -> np.ndarray:
+        """Raw observations (B, ...) -> float32 (B, obs_dim) (one-hot for Discrete spaces)."""
+        if self.spec.obs_onehot:
+            return np.eye(self.spec.obs_dim, dtype=np.float32)[np.asarray(obs, dtype=np.int64).ravel()]
+        return np.asarray(obs, dtype=np.float32).reshape(len(obs), -1)
+
+    def forward(self, params: np.ndarray, x: np.ndarray, mean: np.ndarray, inv_std: np.ndarray) -> np.ndarray:
+        """Outputs (B, act_dim) for parameter rows (B, P) and preprocessed observations (B, obs_dim)."""
+        h = np.clip((x - mean) * inv_std, -self.obs_clip, self.obs_clip)
+        b = params.shape[0]
+        o = 0
+        layers = self.layer_sizes
+        for k, (fan_in, fan_out) in enumerate(layers):
+            w = params[:, o : o + fan_in * fan_out].reshape(b, fan_out, fan_in)
+            o += fan_in * fan_out
+            h = np.matmul(w, h[:, :, None])[:, :, 0] + params[:, o : o + fan_out]
+            o += fan_out
+            if k < len(layers) - 1:
+                h = np.tanh(h)
+        return h
+
+    def to_actions(self, out: np.ndarray) -> np.ndarray:
+        """Outputs -> env actions: argmax for Discrete; tanh mapped into finite bounds for Box."""
+        if self.spec.discrete:
+            return out.argmax(axis=1)
+        low = np.asarray(self.spec.low, np.float32)
+        high = np.asarray(self.spec.high, np.float32)
+        if np.all(np.isfinite(low)) and np.all(np.isfinite(high)):
+            return low + (np.tanh(out) + 1.0) * 0.5 * (high - low)
+        return np.clip(out, low, high)

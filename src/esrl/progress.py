@@ -1,0 +1,57 @@
+"""Live progress on stderr: a redrawn line on a terminal, a plain line every few seconds otherwise."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.text import Text
+
+
+class Progress:
+    """Shows iteration, returns, steps/s and the time left in the budget."""
+
+    def __init__(self, enabled: bool = True, every_s: float = 2.0) -> None:
+        self.enabled = enabled
+        self.tty = sys.stderr.isatty()
+        self.every_s = every_s
+        self._last = 0.0
+        self._live: Live | None = None
+        if enabled and self.tty:
+            # auto_refresh=False: no background thread, so forking workers later stays safe
+            self._live = Live(Text(""), console=Console(stderr=True), auto_refresh=False, transient=False)
+            self._live.start()
+
+    def update(self, m: dict[str, Any], budget_s: float, max_iterations: int) -> None:
+        if not self.enabled:
+            return
+        eta = []
+        if budget_s:
+            eta.append(f"{max(0.0, budget_s - m['wall_s']):.0f}s left")
+        if max_iterations:
+            eta.append(f"{max(0, max_iterations - m['iteration'] - 1)} it left")
+        ev = m.get("eval_return")
+        line = (
+            f"it {m['iteration']:>5}  t {m['wall_s']:7.1f}s  return mean {m['return_mean']:9.2f} "
+            f"max {m['return_max']:9.2f}  eval {'-' if ev is None else f'{ev:9.2f}'}  "
+            f"{m['steps_per_s']:9.0f} steps/s  workers {m['live_workers']}  {' '.join(eta)}"
+        )
+        if self._live is not None:
+            self._live.update(Text(line), refresh=True)
+        elif time.monotonic() - self._last >= self.every_s:
+            self._last = time.monotonic()
+            print(line, file=sys.stderr, flush=True)
+
+    def message(self, text: str) -> None:
+        if self._live is not None:
+            self._live.console.print(text)
+        elif self.enabled:
+            print(text, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None

@@ -1,0 +1,211 @@
+"""The ES training loop: one iteration = tasks out, scalars back, one shaped broadcast.
+
+Glue between the algorithm (esrl.es), a backend (esrl.backends) and the run directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any
+
+import numpy as np
+
+from esrl import __version__, envs
+from esrl.backends import default_workers, make_backend
+from esrl.config import ESConfig, RunConfig, to_dict
+from esrl.errors import InputError
+from esrl.es import algorithm as es
+from esrl.progress import Progress
+from esrl.runs import checkpoint
+from esrl.runs.rundir import RunDir
+
+ALGORITHM = "es"
+# fields of a metrics line that do not depend on timing: equal for equal seeds
+DETERMINISTIC_KEYS = ("iteration", "env_steps", "episodes", "return_mean", "return_max", "return_min",
+                      "eval_return", "unperturbed_rank", "update_norm", "step_cap", "nonfinite_returns")
+
+
+def resolve_target(run: RunConfig, spec: envs.EnvSpec) -> float | None:
+    if run.target_return is not None:
+        return run.target_return
+    env = envs.make(spec.env_id)
+    try:
+        thr = env.spec.reward_threshold if env.spec is not None else None
+    finally:
+        env.close()
+    return None if thr is None else float(thr)
+
+
+def default_run_dir(run: RunConfig) -> str:
+    return f"runs/{ALGORITHM}-{run.env}-s{run.seed}"
+
+
+def _chunk(cfg: ESConfig, workers: int) -> int:
+    if cfg.chunk:
+        return cfg.chunk
+    # a few tasks per worker balance uneven episode lengths; more would cost messages
+    per = math.ceil(cfg.population / (4 * workers))
+    return max(2, per + per % 2)
+
+
+def train(run: RunConfig, cfg: ESConfig, overwrite: bool = False, resume: bool = False,
+          show_progress: bool = True) -> dict[str, Any]:
+    """Train (or resume) an ES run; returns the summary written to summary.json."""
+    t_start = time.perf_counter()
+    run.validate()
+    cfg.validate()
+    run_dir_path = run.run_dir or default_run_dir(run)
+    spec = envs.spec_of(run.env)
+    target = resolve_target(run, spec)
+    setup = es.ESSetup(cfg, spec, run.seed)
+
+    state: dict[str, Any] | None = None
+    counters = {"env_steps": 0, "episodes": 0, "elapsed_s": 0.0, "time_to_threshold_s": None,
+                "best_eval_return": None}
+    if resume:
+        rd = RunDir.open(run_dir_path)
+        master = setup.build()
+        manifest_path = checkpoint.latest(rd.checkpoints)
+        if manifest_path is not None:
+            tensors, manifest = checkpoint.load(manifest_path, ALGORITHM, {"theta": (master.dim,)})
+            state = {**tensors, **manifest["meta"]["scalars"]}
+            counters.update(manifest["meta"]["counters"])
+            master.set_state(state)
+        rd.truncate_metrics(master.iteration)
+    else:
+        RunDir.check_new(run_dir_path, overwrite)
+        master = setup.build()  # the noise table is built before workers fork: they share it
+        rd = RunDir.create(run_dir_path, overwrite)
+    run = dataclasses.replace(run, run_dir=str(rd.path))
+    workers = 1 if run.backend == "serial" else (run.workers or default_workers())
+    rd.write_json("config.json", {"algorithm": ALGORITHM, "esrl_version": __version__, "run": to_dict(run),
+                                  "es": to_dict(cfg), "resolved": {"target_return": target, "workers": workers,
+                                  "num_params": master.dim, "noise_table_size": master.table_size}})
+
+    backend = make_backend(run.backend, workers)
+    progress = Progress(show_progress)
+    chunk = _chunk(cfg, workers)
+    offset = float(counters["elapsed_s"])
+
+    def elapsed() -> float:
+        return offset + time.perf_counter() - t_start
+
+    def save_checkpoint() -> None:
+        st = master.get_state()
+        tensors = {k: v for k, v in st.items() if isinstance(v, np.ndarray)}
+        scalars = {k: v for k, v in st.items() if not isinstance(v, np.ndarray)}
+        checkpoint.save(rd.checkpoints, ALGORITHM, master.iteration, tensors,
+                        {"scalars": scalars, "counters": {**counters, "elapsed_s": elapsed()},
+                         "env": run.env, "num_params": master.dim})
+
+    solved = counters["time_to_threshold_s"] is not None
+    last: dict[str, Any] = {}
+    stop_reason = "budget"
+    try:
+        backend.start(setup, master.get_state)
+        while True:
+            t = master.iteration
+            if run.max_iterations and t >= run.max_iterations:
+                break
+            if run.max_seconds and elapsed() >= run.max_seconds:
+                break
+            if run.max_env_steps and counters["env_steps"] >= run.max_env_steps:
+                break
+            it_start = time.perf_counter()
+            before = backend.traffic.snapshot()
+            n_eval = run.eval_episodes if t % run.eval_every == 0 else 0
+            results = es.gather(backend.run(es.tasks(t, cfg.population, n_eval, chunk)), cfg.population, n_eval)
+            eval_return = float(results.eval_returns.mean()) if n_eval else None
+            counters["env_steps"] += int(results.lengths.sum() + results.eval_lengths.sum())
+            counters["episodes"] += cfg.population + n_eval
+            hit = eval_return is not None and target is not None and eval_return >= target
+            if eval_return is not None and math.isfinite(eval_return):
+                best = counters["best_eval_return"]
+                counters["best_eval_return"] = eval_return if best is None else max(best, eval_return)
+            if hit and not solved:
+                solved = True
+                counters["time_to_threshold_s"] = elapsed()
+            update, nonfinite = es.make_update(cfg, t, results, spec.max_episode_steps)
+            finishing = hit and run.stop_on_solve
+            update_norm = None
+            if not finishing:
+                backend.broadcast(update)
+                update_norm = master.apply(update)
+                if master.iteration % run.verify_every == 0:
+                    backend.verify(master.digest())
+            traffic = backend.traffic.since(before)
+            wall = time.perf_counter() - it_start
+            finite = results.returns[np.isfinite(results.returns)]
+            last = {
+                "iteration": t,
+                "wall_s": elapsed(),
+                "iteration_s": wall,
+                "env_steps": counters["env_steps"],
+                "episodes": counters["episodes"],
+                "return_mean": float(finite.mean()) if finite.size else None,
+                "return_max": float(finite.max()) if finite.size else None,
+                "return_min": float(finite.min()) if finite.size else None,
+                "eval_return": eval_return,
+                "unperturbed_rank": None if eval_return is None else es.unperturbed_rank(results.returns, eval_return),
+                "update_norm": update_norm,
+                "step_cap": int(update.step_cap),
+                "nonfinite_returns": nonfinite,
+                "steps_per_s": int(results.lengths.sum() + results.eval_lengths.sum()) / wall,
+                "bytes_sent": dict(traffic.sent),
+                "bytes_received": dict(traffic.received),
+                "bytes_sent_total": sum(traffic.sent.values()),
+                "bytes_received_total": sum(traffic.received.values()),
+                "messages": traffic.messages,
+                "compute_s": traffic.compute_s,
+                "wait_s": max(0.0, wall * backend.live_workers - traffic.compute_s),
+                "live_workers": backend.live_workers,
+                "events": [dict(e) for e in backend.events],
+            }
+            backend.events.clear()
+            rd.append_metrics(last)
+            progress.update(last, run.max_seconds, run.max_iterations)
+            if finishing:
+                stop_reason = "solved"
+                break
+            if master.iteration % run.checkpoint_every == 0:
+                save_checkpoint()
+    except KeyboardInterrupt:
+        stop_reason = "interrupted"
+    finally:
+        backend.close()
+        progress.close()
+    save_checkpoint()
+    summary = {
+        "algorithm": ALGORITHM,
+        "env": run.env,
+        "seed": run.seed,
+        "backend": run.backend,
+        "workers": workers,
+        "target_return": target,
+        "solved": solved,
+        "time_to_threshold_s": counters["time_to_threshold_s"],
+        "stop_reason": stop_reason,
+        "iterations": master.iteration + (1 if stop_reason == "solved" else 0),
+        "env_steps": counters["env_steps"],
+        "episodes": counters["episodes"],
+        "wall_s": elapsed(),
+        "final_eval_return": last.get("eval_return"),
+        "best_eval_return": counters["best_eval_return"],
+        "num_params": master.dim,
+    }
+    rd.write_json("summary.json", summary)
+    if stop_reason == "interrupted":
+        raise KeyboardInterrupt
+    return summary
+
+
+def load_run(run_dir: str) -> tuple[RunConfig, ESConfig]:
+    """The configs stored in a run directory."""
+    from esrl.config import build
+
+    data = RunDir.open(run_dir).read_json("config.json")
+    if data.get("algorithm") != ALGORITHM:
+        raise InputError("run_dir", f"{run_dir} holds a {data.get('algorithm')!r} run", "an es run")
+    return build(RunConfig, data["run"]), build(ESConfig, data["es"])
