@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -51,8 +52,11 @@ def _chunk(cfg: ESConfig, workers: int) -> int:
 
 
 def train(run: RunConfig, cfg: ESConfig, overwrite: bool = False, resume: bool = False,
-          show_progress: bool = True) -> dict[str, Any]:
-    """Train (or resume) an ES run; returns the summary written to summary.json."""
+          show_progress: bool = True, worker_setup: Callable[[es.ESSetup], Any] | None = None) -> dict[str, Any]:
+    """Train (or resume) an ES run; returns the summary written to summary.json.
+
+    `worker_setup` wraps the setup that workers build their replicas from (fault injection).
+    """
     t_start = time.perf_counter()
     run.validate()
     cfg.validate()
@@ -104,7 +108,7 @@ def train(run: RunConfig, cfg: ESConfig, overwrite: bool = False, resume: bool =
     last: dict[str, Any] = {}
     stop_reason = "budget"
     try:
-        backend.start(setup, master.get_state)
+        backend.start(setup if worker_setup is None else worker_setup(setup), master.get_state)
         while True:
             t = master.iteration
             if run.max_iterations and t >= run.max_iterations:

@@ -1,0 +1,40 @@
+# Two commands set up a fresh machine (python3 and pip only): `make demo` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install demo test test-slow lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The main job end to end on the embedded default (local processes, all cores).
+demo: $(STAMP)
+	$(BIN)/esrl train es --env CartPole-v1 --seed 0 --target-return 475 --max-seconds 60 --run-dir runs/demo --overwrite
+	$(BIN)/esrl evaluate runs/demo --episodes 10
+	@echo "demo run directory: runs/demo (config.json, metrics.jsonl, checkpoints/, summary.json)"
+
+# The default suite (under 15 minutes on 2 cores). pytest's exit code 5 (no tests) is not a failure.
+test: $(STAMP)
+	$(BIN)/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; else exit $$rc; fi
+
+# Slow tests: repeated solves over seeds, long runs.
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; else exit $$rc; fi
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/es_throughput.py
+	$(BIN)/python benchmarks/time_to_solve.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,44 @@
+"""Shared fixtures: tiny ES configs that run in a fraction of a second."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from esrl.config import ESConfig, RunConfig
+
+
+def tiny_es(**kw: Any) -> ESConfig:
+    return dataclasses.replace(ESConfig(population=16, hidden=(8,), noise_table_size=1 << 16), **kw)
+
+
+def tiny_run(run_dir: Path, **kw: Any) -> RunConfig:
+    base = RunConfig(env="CartPole-v1", seed=3, backend="serial", max_iterations=6, max_seconds=0,
+                     target_return=1e9, eval_episodes=2, checkpoint_every=2, run_dir=str(run_dir))
+    return dataclasses.replace(base, **kw)
+
+
+def final_state(run_dir: Path) -> dict[str, np.ndarray]:
+    """Tensors of the newest checkpoint in a run directory."""
+    manifests = sorted((run_dir / "checkpoints").glob("ckpt_*.json"))
+    manifest = json.loads(manifests[-1].read_text())
+    return load_file(str(run_dir / "checkpoints" / manifest["tensors"]))
+
+
+def det_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The timing-free fields of every metrics line."""
+    from esrl.train import DETERMINISTIC_KEYS
+
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: m[k] for k in DETERMINISTIC_KEYS} for m in lines]
+
+
+@pytest.fixture
+def es_cfg() -> ESConfig:
+    return tiny_es()
