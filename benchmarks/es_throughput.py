@@ -73,10 +73,10 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=40, help="ES iterations per run (first is warm-up)")
     parser.add_argument("--baseline-steps", type=int, default=200_000, help="steps of the plain Gymnasium loop")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="smoke run: 8 iterations, 20k baseline steps")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 12 iterations, 50k baseline steps")
     args = parser.parse_args()
     if args.quick:
-        args.iterations, args.baseline_steps = 8, 20_000
+        args.iterations, args.baseline_steps = 12, 50_000
     if args.iterations < 3:
         parser.error("--iterations must be >= 3")
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from esrl import envs, seeding
 from esrl.config import ESConfig
+from esrl.errors import InputError
 from esrl.es import noise, optim, shaping
 from esrl.es.obstat import ObsStat
 from esrl.es.rollout import run_episodes
@@ -69,6 +70,9 @@ class ESReplica:
         self.policy = MLP(setup.spec, tuple(self.cfg.hidden), self.cfg.obs_clip)
         self.dim = self.policy.num_params
         self.table_size = self.cfg.noise_table_size or noise.auto_table_size(self.dim)
+        if self.table_size < 2 * self.dim:
+            raise InputError("noise_table_size", f"{self.table_size} is too small for {self.dim} parameters",
+                             f">= {2 * self.dim}, or 0 for automatic")
         self.table = noise.noise_table(setup.seed, self.table_size)
         self.theta = self.policy.init(seeding.rng(setup.seed, "policy_init"))
         self.opt = optim.OptimizerState.zeros(self.dim)

@@ -1,0 +1,105 @@
+"""Fault injection on the processes backend: a worker dies mid-iteration; a replica drifts."""
+
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+
+from esrl.es.algorithm import ESReplica, ESSetup
+from esrl.train import train
+from tests.conftest import final_state, tiny_es, tiny_run
+
+
+def _claim(marker: Path) -> bool:
+    """True for exactly one caller across processes (O_EXCL create)."""
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
+        return True
+    except FileExistsError:
+        return False
+
+
+class DyingReplica(ESReplica):
+    def run(self, task):
+        if task[0] == "pop" and task[1] == 3 and _claim(self.setup.marker):  # type: ignore[attr-defined]
+            os._exit(9)  # die mid-iteration, holding a task
+        return super().run(task)
+
+
+class DriftingReplica(ESReplica):
+    def apply(self, update):
+        norm = super().apply(update)
+        if self.iteration == 2 and _claim(self.setup.marker):  # type: ignore[attr-defined]
+            self.theta = self.theta + np.float32(1e-3)
+        return norm
+
+
+@dataclasses.dataclass(frozen=True)
+class FaultySetup(ESSetup):
+    marker: Path = Path()
+    replica_cls: type = ESReplica
+
+    def build(self):
+        return self.replica_cls(self)
+
+
+def _wrap(marker: Path, cls: type):
+    return lambda s: FaultySetup(s.cfg, s.spec, s.seed, marker, cls)
+
+
+def _events(run_dir: Path):
+    import json
+
+    return [e for line in (run_dir / "metrics.jsonl").read_text().splitlines() for e in json.loads(line)["events"]]
+
+
+def test_dead_worker_is_replaced_and_the_result_is_unchanged(tmp_path):
+    train(tiny_run(tmp_path / "clean", backend="processes", workers=2), tiny_es(), show_progress=False)
+    faulty = tmp_path / "faulty"
+    train(tiny_run(faulty, backend="processes", workers=2), tiny_es(), show_progress=False,
+          worker_setup=_wrap(tmp_path / "died", DyingReplica))
+    assert (tmp_path / "died").exists()  # the fault really fired
+    kinds = [e["event"] for e in _events(faulty)]
+    assert "worker_died" in kinds and "worker_replaced" in kinds
+    died = next(e for e in _events(faulty) if e["event"] == "worker_died")
+    assert died["exitcode"] == 9 and died["requeued_task"] is not None
+    assert np.array_equal(final_state(faulty)["theta"], final_state(tmp_path / "clean")["theta"])
+
+
+def test_drifted_replica_is_detected_and_resynced(tmp_path):
+    train(tiny_run(tmp_path / "clean", backend="processes", workers=2), tiny_es(), show_progress=False)
+    drift = tmp_path / "drift"
+    train(tiny_run(drift, backend="processes", workers=2, verify_every=1), tiny_es(), show_progress=False,
+          worker_setup=_wrap(tmp_path / "drifted", DriftingReplica))
+    assert (tmp_path / "drifted").exists()
+    resyncs = [e for e in _events(drift) if e["event"] == "resync"]
+    assert len(resyncs) == 1
+    assert np.array_equal(final_state(drift)["theta"], final_state(tmp_path / "clean")["theta"])
+
+
+def test_every_message_is_counted_by_kind(tmp_path):
+    import json
+
+    d = tmp_path / "r"
+    train(tiny_run(d, backend="processes", workers=2), tiny_es(), show_progress=False)
+    lines = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+    for m in lines:
+        assert m["bytes_sent"]["task"] > 0 and m["bytes_received"]["result"] > 0
+        assert m["bytes_sent_total"] == sum(m["bytes_sent"].values())
+    # the broadcast carries one float per member plus small headers: far less than theta's 4 bytes x params
+    assert all(m["bytes_sent"].get("apply", 0) < 2 * (4 * 16 + 600) for m in lines)
+
+
+def test_es_traffic_does_not_grow_with_the_parameter_count(tmp_path):
+    """Scalars only: a 66k-parameter policy moves the same bytes per iteration as a 100-parameter one."""
+    import json
+
+    per_kind = {}
+    for hidden in [(8,), (256, 256)]:
+        d = tmp_path / f"h{len(hidden)}"
+        train(tiny_run(d, backend="processes", workers=2, max_iterations=3, eval_episodes=1),
+              tiny_es(hidden=hidden, obs_norm=False, noise_table_size=0), show_progress=False)
+        lines = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+        per_kind[hidden] = {k: lines[1]["bytes_sent"][k] for k in ("task", "apply")}
+    assert per_kind[(8,)] == per_kind[(256, 256)]
