@@ -49,7 +49,7 @@ def test_train_writes_the_run_directory(trained):
     assert summary["env_steps"] == lines[-1]["env_steps"] > 0
     manifest = json.loads(sorted((trained / "checkpoints").glob("*.json"))[-1].read_text())
     assert manifest["algorithm"] == "es" and manifest["format_version"] == 1 and len(manifest["sha256"]) == 64
-    assert manifest["shapes"]["theta"] == [list(final_state(trained)["theta"].shape)[0]]
+    assert manifest["shapes"]["theta"] == list(final_state(trained)["theta"].shape)
 
 
 def test_evaluate_and_video(trained, tmp_path):

@@ -61,5 +61,5 @@ def test_unsupported_action_space_is_refused():
 
 
 def test_unknown_env_is_refused():
-    with pytest.raises(InputError, match="^env: "):
+    with pytest.raises(InputError, match=r"^env: "):
         envs.spec_of("NoSuchEnv-v9")

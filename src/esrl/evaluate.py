@@ -38,7 +38,7 @@ def evaluate(run_dir: str, episodes: int, seed: int | None = None, video: str | 
             total, n, done = 0.0, 0, False
             while not done:
                 if video:
-                    frames.append(env.render())
+                    frames.append(np.asarray(env.render()))
                 x = replica.policy.preprocess(np.asarray(obs)[None])
                 action = replica.policy.to_actions(replica.policy.forward(replica.theta[None], x, mean, inv_std))[0]
                 obs, r, term, trunc, _ = env.step(int(action) if spec.discrete else action)
@@ -55,7 +55,7 @@ def evaluate(run_dir: str, episodes: int, seed: int | None = None, video: str | 
     return out
 
 
-def _write_video(path: Path, frames: list[np.ndarray], env_id: str) -> str:
+def _write_video(path: Path, frames: list[Any], env_id: str) -> str:
     import imageio.v2 as imageio
 
     if not frames or frames[0] is None:

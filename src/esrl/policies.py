@@ -8,6 +8,7 @@ step serves the whole batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 
@@ -25,7 +26,7 @@ class MLP:
     @property
     def layer_sizes(self) -> list[tuple[int, int]]:
         dims = [self.spec.obs_dim, *self.hidden, self.spec.act_dim]
-        return list(zip(dims[:-1], dims[1:], strict=True))
+        return list(pairwise(dims))
 
     @property
     def num_params(self) -> int:

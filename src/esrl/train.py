@@ -28,6 +28,17 @@ DETERMINISTIC_KEYS = ("iteration", "env_steps", "episodes", "return_mean", "retu
                       "eval_return", "unperturbed_rank", "update_norm", "step_cap", "nonfinite_returns")
 
 
+@dataclasses.dataclass
+class Counters:
+    """Run totals that a checkpoint carries across a resume."""
+
+    env_steps: int = 0
+    episodes: int = 0
+    elapsed_s: float = 0.0
+    time_to_threshold_s: float | None = None
+    best_eval_return: float | None = None
+
+
 def resolve_target(run: RunConfig, spec: envs.EnvSpec) -> float | None:
     if run.target_return is not None:
         return run.target_return
@@ -66,8 +77,7 @@ def train(run: RunConfig, cfg: ESConfig, overwrite: bool = False, resume: bool =
     setup = es.ESSetup(cfg, spec, run.seed)
 
     state: dict[str, Any] | None = None
-    counters = {"env_steps": 0, "episodes": 0, "elapsed_s": 0.0, "time_to_threshold_s": None,
-                "best_eval_return": None}
+    counters = Counters()
     if resume:
         rd = RunDir.open(run_dir_path)
         master = setup.build()
@@ -75,7 +85,7 @@ def train(run: RunConfig, cfg: ESConfig, overwrite: bool = False, resume: bool =
         if manifest_path is not None:
             tensors, manifest = checkpoint.load(manifest_path, ALGORITHM, {"theta": (master.dim,)})
             state = {**tensors, **manifest["meta"]["scalars"]}
-            counters.update(manifest["meta"]["counters"])
+            counters = Counters(**manifest["meta"]["counters"])
             master.set_state(state)
         rd.truncate_metrics(master.iteration)
     else:
@@ -91,7 +101,7 @@ def train(run: RunConfig, cfg: ESConfig, overwrite: bool = False, resume: bool =
     backend = make_backend(run.backend, workers)
     progress = Progress(show_progress)
     chunk = _chunk(cfg, workers)
-    offset = float(counters["elapsed_s"])
+    offset = counters.elapsed_s
 
     def elapsed() -> float:
         return offset + time.perf_counter() - t_start
@@ -101,10 +111,10 @@ def train(run: RunConfig, cfg: ESConfig, overwrite: bool = False, resume: bool =
         tensors = {k: v for k, v in st.items() if isinstance(v, np.ndarray)}
         scalars = {k: v for k, v in st.items() if not isinstance(v, np.ndarray)}
         checkpoint.save(rd.checkpoints, ALGORITHM, master.iteration, tensors,
-                        {"scalars": scalars, "counters": {**counters, "elapsed_s": elapsed()},
+                        {"scalars": scalars, "counters": dataclasses.asdict(dataclasses.replace(counters, elapsed_s=elapsed())),
                          "env": run.env, "num_params": master.dim})
 
-    solved = counters["time_to_threshold_s"] is not None
+    solved = counters.time_to_threshold_s is not None
     last: dict[str, Any] = {}
     stop_reason = "budget"
     try:
@@ -115,22 +125,22 @@ def train(run: RunConfig, cfg: ESConfig, overwrite: bool = False, resume: bool =
                 break
             if run.max_seconds and elapsed() >= run.max_seconds:
                 break
-            if run.max_env_steps and counters["env_steps"] >= run.max_env_steps:
+            if run.max_env_steps and counters.env_steps >= run.max_env_steps:
                 break
             it_start = time.perf_counter()
             before = backend.traffic.snapshot()
             n_eval = run.eval_episodes if t % run.eval_every == 0 else 0
             results = es.gather(backend.run(es.tasks(t, cfg.population, n_eval, chunk)), cfg.population, n_eval)
             eval_return = float(results.eval_returns.mean()) if n_eval else None
-            counters["env_steps"] += int(results.lengths.sum() + results.eval_lengths.sum())
-            counters["episodes"] += cfg.population + n_eval
+            counters.env_steps += int(results.lengths.sum() + results.eval_lengths.sum())
+            counters.episodes += cfg.population + n_eval
             hit = eval_return is not None and target is not None and eval_return >= target
             if eval_return is not None and math.isfinite(eval_return):
-                best = counters["best_eval_return"]
-                counters["best_eval_return"] = eval_return if best is None else max(best, eval_return)
+                best = counters.best_eval_return
+                counters.best_eval_return = eval_return if best is None else max(best, eval_return)
             if hit and not solved:
                 solved = True
-                counters["time_to_threshold_s"] = elapsed()
+                counters.time_to_threshold_s = elapsed()
             update, nonfinite = es.make_update(cfg, t, results, spec.max_episode_steps)
             finishing = hit and run.stop_on_solve
             update_norm = None
@@ -146,8 +156,8 @@ def train(run: RunConfig, cfg: ESConfig, overwrite: bool = False, resume: bool =
                 "iteration": t,
                 "wall_s": elapsed(),
                 "iteration_s": wall,
-                "env_steps": counters["env_steps"],
-                "episodes": counters["episodes"],
+                "env_steps": counters.env_steps,
+                "episodes": counters.episodes,
                 "return_mean": float(finite.mean()) if finite.size else None,
                 "return_max": float(finite.max()) if finite.size else None,
                 "return_min": float(finite.min()) if finite.size else None,
@@ -189,14 +199,14 @@ def train(run: RunConfig, cfg: ESConfig, overwrite: bool = False, resume: bool =
         "workers": workers,
         "target_return": target,
         "solved": solved,
-        "time_to_threshold_s": counters["time_to_threshold_s"],
+        "time_to_threshold_s": counters.time_to_threshold_s,
         "stop_reason": stop_reason,
         "iterations": master.iteration + (1 if stop_reason == "solved" else 0),
-        "env_steps": counters["env_steps"],
-        "episodes": counters["episodes"],
+        "env_steps": counters.env_steps,
+        "episodes": counters.episodes,
         "wall_s": elapsed(),
         "final_eval_return": last.get("eval_return"),
-        "best_eval_return": counters["best_eval_return"],
+        "best_eval_return": counters.best_eval_return,
         "num_params": master.dim,
     }
     rd.write_json("summary.json", summary)

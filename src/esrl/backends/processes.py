@@ -73,7 +73,7 @@ class ProcessBackend:
         self.n = workers
         self.max_restarts = 3 * workers if max_restarts is None else max_restarts
         method = start_method or ("fork" if sys.platform.startswith("linux") else "spawn")
-        self._ctx = mp.get_context(method)
+        self._ctx: Any = mp.get_context(method)
         self.traffic = Traffic()
         self.events: list[dict[str, Any]] = []
         self._workers: dict[int, _Worker] = {}
@@ -238,8 +238,7 @@ class ProcessBackend:
             assert self._state_fn is not None
             state = self._state_fn()
             for wid in wrong:
-                w = self._workers.get(wid)
-                if w is not None:
-                    self._send(w, "state", state)
+                if wid in self._workers:
+                    self._send(self._workers[wid], "state", state)
                     self.events.append({"event": "resync", "worker": wid})
         return wrong

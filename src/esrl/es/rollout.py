@@ -23,10 +23,10 @@ class Episodes:
 
 
 def run_episodes(
-    envs: Sequence[gym.Env],
+    envs: list[gym.Env],
     policy: MLP,
     params: np.ndarray,
-    reset_seeds: Sequence[int],
+    reset_seeds: Sequence[int] | np.ndarray,
     step_cap: int,
     mean: np.ndarray,
     inv_std: np.ndarray,
