@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import signal
 import sys
 from typing import Any
 
@@ -71,7 +72,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops like Ctrl-C: the last iteration is checkpointed
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _terminate)
     args = _parser().parse_args(argv)
     fields = {f.name for cls in (config.RunConfig, config.ESConfig) for f in dataclasses.fields(cls)}
     given = {k: v for k, v in vars(args).items() if k in fields}

@@ -143,6 +143,7 @@ def train(run: RunConfig, cfg: ESConfig, overwrite: bool = False, resume: bool =
                 counters.time_to_threshold_s = elapsed()
             update, nonfinite = es.make_update(cfg, t, results, spec.max_episode_steps)
             finishing = hit and run.stop_on_solve
+            step_cap = master.step_cap
             update_norm = None
             if not finishing:
                 backend.broadcast(update)
@@ -164,7 +165,7 @@ def train(run: RunConfig, cfg: ESConfig, overwrite: bool = False, resume: bool =
                 "eval_return": eval_return,
                 "unperturbed_rank": None if eval_return is None else es.unperturbed_rank(results.returns, eval_return),
                 "update_norm": update_norm,
-                "step_cap": int(update.step_cap),
+                "step_cap": step_cap,
                 "nonfinite_returns": nonfinite,
                 "steps_per_s": int(results.lengths.sum() + results.eval_lengths.sum()) / wall,
                 "bytes_sent": dict(traffic.sent),

@@ -51,6 +51,8 @@ def run_episodes(
     lengths = np.zeros(b, np.int64)
     x = policy.preprocess(np.stack([env.reset(seed=int(s))[0] for env, s in zip(envs, reset_seeds, strict=True)]))
     cap = min(int(step_cap), policy.spec.max_episode_steps)
+    # flat Box observations go straight into the batch; others (one-hot, images) are preprocessed
+    reshape = policy.spec.obs_onehot or len(envs[0].observation_space.shape or ()) != 1
     active = np.arange(b)
     p_active = params
     while active.size:
@@ -75,7 +77,7 @@ def run_episodes(
             obs, r, term, trunc, _ = envs[i].step(int(actions[j]) if discrete else actions[j])
             returns[i] += r
             lengths[i] += 1
-            x[i] = obs if not policy.spec.obs_onehot else policy.preprocess(np.asarray([obs]))[0]
+            x[i] = policy.preprocess(np.asarray([obs]))[0] if reshape else obs
             done[j] = term or trunc or lengths[i] >= cap
         if done.any():
             active = active[~done]
