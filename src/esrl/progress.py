@@ -35,9 +35,9 @@ class Progress:
             eta.append(f"{max(0, max_iterations - m['iteration'] - 1)} it left")
         ev = m.get("eval_return")
         line = (
-            f"it {m['iteration']:>5}  t {m['wall_s']:7.1f}s  return mean {m['return_mean']:9.2f} "
-            f"max {m['return_max']:9.2f}  eval {'-' if ev is None else f'{ev:9.2f}'}  "
-            f"{m['steps_per_s']:9.0f} steps/s  workers {m['live_workers']}  {' '.join(eta)}"
+            f"it {m['iteration']}  {m['wall_s']:.1f}s  return {_num(m['return_mean'])} "
+            f"(max {_num(m['return_max'])})  eval {_num(ev)}  {m['steps_per_s'] / 1e3:.0f}k steps/s  "
+            f"{m['live_workers']}w  {' '.join(eta)}"
         )
         if self._live is not None:
             self._live.update(Text(line), refresh=True)
@@ -55,3 +55,7 @@ class Progress:
         if self._live is not None:
             self._live.stop()
             self._live = None
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f}"
