@@ -56,19 +56,31 @@ class MLP:
             return np.eye(self.spec.obs_dim, dtype=np.float32)[np.asarray(obs, dtype=np.int64).ravel()]
         return np.asarray(obs, dtype=np.float32).reshape(len(obs), -1)
 
-    def forward(self, params: np.ndarray, x: np.ndarray, mean: np.ndarray, inv_std: np.ndarray) -> np.ndarray:
-        """Outputs (B, act_dim) for parameter rows (B, P) and preprocessed observations (B, obs_dim)."""
-        h = np.clip((x - mean) * inv_std, -self.obs_clip, self.obs_clip)
+    def split(self, params: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per-layer (weights (B, out, in), biases (B, out)) views of parameter rows (B, P)."""
         b = params.shape[0]
-        o = 0
-        layers = self.layer_sizes
-        for k, (fan_in, fan_out) in enumerate(layers):
+        out, o = [], 0
+        for fan_in, fan_out in self.layer_sizes:
             w = params[:, o : o + fan_in * fan_out].reshape(b, fan_out, fan_in)
             o += fan_in * fan_out
-            h = np.matmul(w, h[:, :, None])[:, :, 0] + params[:, o : o + fan_out]
+            out.append((w, params[:, o : o + fan_out]))
             o += fan_out
-            if k < len(layers) - 1:
-                h = np.tanh(h)
+        return out
+
+    def forward(self, params: np.ndarray | list[tuple[np.ndarray, np.ndarray]], x: np.ndarray, mean: np.ndarray,
+                inv_std: np.ndarray) -> np.ndarray:
+        """Outputs (B, act_dim) for parameter rows (B, P) (or their `split`) and observations (B, obs_dim)."""
+        layers = self.split(params) if isinstance(params, np.ndarray) else params
+        h = x - mean
+        h *= inv_std
+        np.minimum(h, self.obs_clip, out=h)
+        np.maximum(h, -self.obs_clip, out=h)
+        last = len(layers) - 1
+        for k, (w, bias) in enumerate(layers):
+            h = np.matmul(w, h[:, :, None])[:, :, 0]
+            h += bias
+            if k < last:
+                np.tanh(h, out=h)
         return h
 
     def to_actions(self, out: np.ndarray) -> np.ndarray:

@@ -54,14 +54,6 @@ def default_run_dir(run: RunConfig) -> str:
     return f"runs/{ALGORITHM}-{run.env}-s{run.seed}"
 
 
-def _chunk(cfg: ESConfig, workers: int) -> int:
-    if cfg.chunk:
-        return cfg.chunk
-    # a few tasks per worker balance uneven episode lengths; more would cost messages
-    per = math.ceil(cfg.population / (4 * workers))
-    return max(2, per + per % 2)
-
-
 def train(run: RunConfig, cfg: ESConfig, overwrite: bool = False, resume: bool = False,
           show_progress: bool = True, worker_setup: Callable[[es.ESSetup], Any] | None = None) -> dict[str, Any]:
     """Train (or resume) an ES run; returns the summary written to summary.json.
@@ -100,7 +92,6 @@ def train(run: RunConfig, cfg: ESConfig, overwrite: bool = False, resume: bool =
 
     backend = make_backend(run.backend, workers)
     progress = Progress(show_progress)
-    chunk = _chunk(cfg, workers)
     offset = counters.elapsed_s
 
     def elapsed() -> float:
@@ -130,7 +121,7 @@ def train(run: RunConfig, cfg: ESConfig, overwrite: bool = False, resume: bool =
             it_start = time.perf_counter()
             before = backend.traffic.snapshot()
             n_eval = run.eval_episodes if t % run.eval_every == 0 else 0
-            results = es.gather(backend.run(es.tasks(t, cfg.population, n_eval, chunk)), cfg.population, n_eval)
+            results = es.gather(backend.run(es.tasks(t, cfg.population, n_eval, workers, cfg.chunk)), cfg.population, n_eval)
             eval_return = float(results.eval_returns.mean()) if n_eval else None
             counters.env_steps += int(results.lengths.sum() + results.eval_lengths.sum())
             counters.episodes += cfg.population + n_eval

@@ -10,6 +10,7 @@ travel: per member a (return, length) pair up, per member one shaped return down
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -210,12 +211,25 @@ def obs_record_mask(seed: int, t: int, population: int, fraction: float) -> np.n
     return seeding.rng(seed, "obs_record", t).random(population) < fraction
 
 
-def tasks(t: int, population: int, eval_episodes: int, chunk: int) -> list[tuple[str, int, int, int]]:
-    """The work of iteration t: population members and eval episodes in contiguous ranges."""
-    out = [("pop", t, lo, min(lo + chunk, population)) for lo in range(0, population, chunk)]
+def tasks(t: int, population: int, eval_episodes: int, workers: int, chunk: int = 0
+          ) -> list[tuple[str, int, int, int]]:
+    """The work of iteration t, in the order it should be handed out: contiguous ranges.
+
+    Evaluation episodes (the longest, as the centre usually beats its perturbations) go
+    first, one range per worker. Members follow in guided self-scheduling: each range is
+    1/(2 x workers) of what is left, so early ranges are large (cheap batched steps) and the
+    last are small (workers finish together). `chunk` > 0 fixes the range size instead.
+    """
+    out: list[tuple[str, int, int, int]] = []
     if eval_episodes:
-        step = max(1, min(chunk, eval_episodes))
+        step = math.ceil(eval_episodes / workers)
         out += [("eval", t, lo, min(lo + step, eval_episodes)) for lo in range(0, eval_episodes, step)]
+    smallest = max(2, population // (16 * workers))
+    lo = 0
+    while lo < population:
+        size = chunk or max(smallest, math.ceil((population - lo) / (2 * workers)))
+        out.append(("pop", t, lo, min(lo + size, population)))
+        lo += size
     return out
 
 

@@ -49,37 +49,54 @@ def run_episodes(
 
     returns = np.zeros(b)
     lengths = np.zeros(b, np.int64)
-    x = policy.preprocess(np.stack([env.reset(seed=int(s))[0] for env, s in zip(envs, reset_seeds, strict=True)]))
     cap = min(int(step_cap), policy.spec.max_episode_steps)
     # flat Box observations go straight into the batch; others (one-hot, images) are preprocessed
     reshape = policy.spec.obs_onehot or len(envs[0].observation_space.shape or ()) != 1
-    active = np.arange(b)
-    p_active = params
-    while active.size:
-        xa = x[active]
+    noisy = action_noise is not None and action_noise_std > 0
+
+    # The active rows, compacted: row ids, their step functions, running returns and lengths
+    # as Python lists (cheaper to touch per step than numpy scalars), observations as one array.
+    rows = list(range(b))
+    steps = [env.step for env in envs]
+    ret_a = [0.0] * b
+    len_a = [0] * b
+    xa = policy.preprocess(np.stack([env.reset(seed=int(s))[0] for env, s in zip(envs, reset_seeds, strict=True)]))
+    slots_a = rec_slot.copy()
+    layers = policy.split(params)
+    while rows:
         if rec_rows.size:
-            slots = rec_slot[active]
-            keep = slots >= 0
+            keep = slots_a >= 0
             if keep.any():
-                s, xr = slots[keep], xa[keep].astype(np.float64)
+                s, xr = slots_a[keep], xa[keep].astype(np.float64)
                 obs_sum[s] += xr
                 obs_sumsq[s] += xr * xr
                 obs_count[s] += 1
-        out = policy.forward(p_active, xa, mean, inv_std)
-        if action_noise is not None and action_noise_std > 0:
-            out = out + np.stack([action_noise[i].standard_normal(out.shape[1]) for i in active]).astype(
-                np.float32
-            ) * np.float32(action_noise_std)
+        out = policy.forward(layers, xa, mean, inv_std)
+        if noisy:
+            assert action_noise is not None
+            eps = np.stack([action_noise[i].standard_normal(out.shape[1]) for i in rows])
+            out = out + eps.astype(np.float32) * np.float32(action_noise_std)
         actions = policy.to_actions(out)
-        done = np.zeros(active.size, bool)
-        discrete = policy.spec.discrete
-        for j, i in enumerate(active):
-            obs, r, term, trunc, _ = envs[i].step(int(actions[j]) if discrete else actions[j])
-            returns[i] += r
-            lengths[i] += 1
-            x[i] = policy.preprocess(np.asarray([obs]))[0] if reshape else obs
-            done[j] = term or trunc or lengths[i] >= cap
-        if done.any():
-            active = active[~done]
-            p_active = params[active]
+        acts = list(actions)  # numpy scalars: Discrete.contains checks them faster than ints
+        finished = []
+        for j, i in enumerate(rows):
+            obs, r, term, trunc, _ = steps[j](acts[j])
+            ret_a[j] += r
+            len_a[j] += 1
+            xa[j] = policy.preprocess(np.asarray([obs]))[0] if reshape else obs
+            if term or trunc or len_a[j] >= cap:
+                finished.append(j)
+        if finished:
+            for j in finished:
+                returns[rows[j]] = ret_a[j]
+                lengths[rows[j]] = len_a[j]
+            keep_j = np.ones(len(rows), bool)
+            keep_j[finished] = False
+            kept = np.flatnonzero(keep_j).tolist()
+            rows = [rows[j] for j in kept]
+            steps = [steps[j] for j in kept]
+            ret_a = [ret_a[j] for j in kept]
+            len_a = [len_a[j] for j in kept]
+            xa, slots_a = xa[keep_j], slots_a[keep_j]
+            layers = policy.split(params[rows])
     return Episodes(returns, lengths, obs_sum, obs_sumsq, obs_count)
