@@ -217,17 +217,17 @@ def tasks(t: int, population: int, eval_episodes: int, workers: int, chunk: int 
 
     Evaluation episodes (the longest, as the centre usually beats its perturbations) go
     first, one range per worker. Members follow in guided self-scheduling: each range is
-    1/(2 x workers) of what is left, so early ranges are large (cheap batched steps) and the
-    last are small (workers finish together). `chunk` > 0 fixes the range size instead.
+    1/workers of what is left, so early ranges are large (cheap batched steps) and the last
+    are small (workers finish together). `chunk` > 0 fixes the range size instead.
     """
     out: list[tuple[str, int, int, int]] = []
     if eval_episodes:
         step = math.ceil(eval_episodes / workers)
         out += [("eval", t, lo, min(lo + step, eval_episodes)) for lo in range(0, eval_episodes, step)]
-    smallest = max(2, population // (16 * workers))
+    smallest = max(2, population // (8 * workers))
     lo = 0
     while lo < population:
-        size = chunk or max(smallest, math.ceil((population - lo) / (2 * workers)))
+        size = chunk or max(smallest, math.ceil((population - lo) / workers))
         out.append(("pop", t, lo, min(lo + size, population)))
         lo += size
     return out
