@@ -63,3 +63,20 @@ def test_unsupported_action_space_is_refused():
 def test_unknown_env_is_refused():
     with pytest.raises(InputError, match=r"^env: "):
         envs.spec_of("NoSuchEnv-v9")
+
+
+def test_flat_get_set_round_trip():
+    pol = MLP(envs.spec_of("Pendulum-v1"), (5, 3))
+    flat = pol.init(np.random.default_rng(3))
+    named = pol.unflatten(flat)
+    assert {k: v.shape for k, v in named.items()} == pol.shapes()
+    assert np.array_equal(pol.flatten(named), flat)
+    # the named tensors are the ones the forward pass uses
+    x = np.ones((1, 3), np.float32)
+    h = np.tanh(named["layer0.weight"] @ x[0] + named["layer0.bias"])
+    h = np.tanh(named["layer1.weight"] @ h + named["layer1.bias"])
+    out = named["layer2.weight"] @ h + named["layer2.bias"]
+    np.testing.assert_allclose(pol.forward(flat[None], x, np.zeros(3, np.float32), np.ones(3, np.float32))[0], out,
+                               rtol=1e-5)
+    with pytest.raises(ValueError, match="layer0.weight"):
+        pol.flatten({**named, "layer0.weight": np.zeros((2, 2))})
