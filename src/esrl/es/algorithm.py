@@ -224,7 +224,7 @@ def tasks(t: int, population: int, eval_episodes: int, workers: int, chunk: int 
     if eval_episodes:
         step = math.ceil(eval_episodes / workers)
         out += [("eval", t, lo, min(lo + step, eval_episodes)) for lo in range(0, eval_episodes, step)]
-    smallest = max(2, population // (8 * workers))
+    smallest = max(2, population // (64 * workers))
     lo = 0
     while lo < population:
         size = chunk or max(smallest, math.ceil((population - lo) / workers))
