@@ -1,34 +1,60 @@
-"""The `esrl` command: train, evaluate (sweep and report come with the scaling study)."""
+"""The `esrl` command: train, resume, evaluate (sweep and report come with the scaling study)."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import re
 import signal
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 from esrl import config
 from esrl.errors import InputError
 
+# settings a resumed run may change: budgets and where it runs, never the algorithm's maths
 RUN_ONLY_OVERRIDES = ("backend", "workers", "max_seconds", "max_iterations", "max_env_steps", "checkpoint_every",
                       "verify_every", "eval_every", "stop_on_solve")
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but usage errors are one line naming the field, like every other input error."""
+
+    def error(self, message: str) -> NoReturn:
+        m = re.match(r"argument (?:--)?([\w-]+)(?:/[^:]*)?: (.*)", message)
+        if m:
+            message = f"{m.group(1).replace('-', '_')}: {m.group(2)}"
+        elif message.startswith("unrecognized arguments:"):
+            first = message.split(":", 1)[1].split()[0]
+            hint = getattr(self, "unknown_hint", "see --help")
+            message = f"{first.lstrip('-').split('=')[0].replace('-', '_')}: not accepted here ({hint})"
+        elif "required: ALGO" in message:
+            message = f"algo: missing (accepted: {', '.join(config.ALGORITHMS)})"
+        self.exit(2, f"esrl: error: {message}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="esrl", description="Evolution Strategies vs parallel RL, measured.")
+    p = _OneLineParser(prog="esrl", description="Evolution Strategies vs parallel RL, measured.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    tr = sub.add_parser("train", help="train an agent", description="Train an agent; every setting below can "
-                        "also come from --config FILE (TOML or YAML, flat keys named like the options).")
-    tr.add_argument("algo", nargs="?", choices=sorted(config.ALGORITHMS), help="algorithm")
-    tr.add_argument("--config", help="TOML/YAML/JSON file of settings; command-line options override it")
-    tr.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
-    tr.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
-    tr.add_argument("--quiet", action="store_true", help="no progress display")
-    config.add_arguments(tr, config.RunConfig)
-    config.add_arguments(tr, config.ESConfig)
+    tr = sub.add_parser("train", help="train an agent",
+                        description="Train an agent. `esrl train ALGO --help` lists that algorithm's settings.")
+    algos = tr.add_subparsers(dest="algo", metavar="ALGO", required=True)
+    for name, cls in config.ALGORITHMS.items():
+        ap = algos.add_parser(name, help=(cls.__doc__ or "").strip().splitlines()[0],
+                              description=(cls.__doc__ or "").strip() + " Every setting can also come from "
+                              "--config FILE (TOML or YAML, flat keys named like the options).")
+        ap.add_argument("--config", help="TOML/YAML/JSON file of settings; command-line options override it")
+        ap.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+        ap.add_argument("--quiet", action="store_true", help="no progress display")
+        config.add_arguments(ap, config.RunConfig)
+        config.add_arguments(ap, cls)
+
+    rs = sub.add_parser("resume", help="continue a run from its last checkpoint (also: esrl train --resume DIR)")
+    rs.add_argument("run_dir", help="run directory")
+    rs.add_argument("--quiet", action="store_true", help="no progress display")
+    _add_overrides(rs)
 
     ev = sub.add_parser("evaluate", help="evaluate a run's latest checkpoint")
     ev.add_argument("run_dir", help="run directory")
@@ -38,27 +64,69 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _train(args: argparse.Namespace, given: dict[str, Any]) -> int:
-    from esrl import train
+def _add_overrides(parser: argparse.ArgumentParser) -> None:
+    """The RunConfig options a resume may change, derived from the dataclass like everything else."""
+    probe = _OneLineParser(add_help=False)
+    config.add_arguments(probe, config.RunConfig)
+    group = parser.add_argument_group("overrides")
+    for action in probe._actions:
+        if action.dest in RUN_ONLY_OVERRIDES:
+            group._add_action(action)
 
-    if args.resume:
-        run, es_cfg = train.load_run(args.resume)
-        for key in given:
-            if key not in RUN_ONLY_OVERRIDES:
-                raise InputError(key, "cannot change on --resume", ", ".join(RUN_ONLY_OVERRIDES))
-        run = dataclasses.replace(run, **given, run_dir=args.resume)
-        summary = train.train(run, es_cfg, resume=True, show_progress=not args.quiet)
-    else:
-        if args.algo is None:
-            raise InputError("algo", "missing", ", ".join(sorted(config.ALGORITHMS)))
-        algo_cls = config.ALGORITHMS[args.algo]
-        values = config.load_file(args.config) if args.config else {}
-        values.update(given)
-        run_vals, algo_vals = config.split_settings(values, algo_cls)
-        run = config.build(config.RunConfig, run_vals)
-        es_cfg = config.build(algo_cls, algo_vals)
-        summary = train.train(run, es_cfg, overwrite=args.overwrite, show_progress=not args.quiet)
-    print(json.dumps(summary, indent=2))
+
+def _rewrite_legacy(argv: list[str]) -> list[str]:
+    """`esrl train --resume DIR ...` is `esrl resume DIR ...`."""
+    if len(argv) >= 3 and argv[0] == "train" and argv[1] == "--resume":
+        return ["resume", *argv[2:]]
+    if len(argv) >= 2 and argv[0] == "train" and any(a.startswith("--resume") for a in argv):
+        i = next(k for k, a in enumerate(argv) if a.startswith("--resume"))
+        if argv[i] == "--resume" and i + 1 < len(argv):
+            return ["resume", argv[i + 1], *argv[1:i], *argv[i + 2 :]]
+    return argv
+
+
+def _given(args: argparse.Namespace, *classes: type) -> dict[str, Any]:
+    fields = {f.name for cls in classes for f in dataclasses.fields(cls)}
+    return {k: v for k, v in vars(args).items() if k in fields}
+
+
+def _run(algo: str, run: config.RunConfig, cfg: Any, overwrite: bool, resume: bool, quiet: bool) -> dict[str, Any]:
+    if algo == "es":
+        from esrl.train import train
+
+        return train(run, cfg, overwrite=overwrite, resume=resume, show_progress=not quiet)
+    from esrl.train_rl import train_rl
+
+    return train_rl(algo, run, cfg, overwrite=overwrite, resume=resume, show_progress=not quiet)
+
+
+def load_run(run_dir: str) -> tuple[str, config.RunConfig, Any]:
+    """(algorithm, run config, algorithm config) stored in a run directory."""
+    from esrl.runs.rundir import RunDir
+
+    data = RunDir.open(run_dir).read_json("config.json")
+    algo = data.get("algorithm")
+    if algo not in config.ALGORITHMS or algo not in data:
+        raise InputError("run_dir", f"{run_dir}/config.json names no known algorithm", ", ".join(config.ALGORITHMS))
+    return algo, config.build(config.RunConfig, data["run"]), config.build(config.ALGORITHMS[algo], data[algo])
+
+
+def _train(args: argparse.Namespace) -> int:
+    algo_cls = config.ALGORITHMS[args.algo]
+    values = config.load_file(args.config) if args.config else {}
+    values.update(_given(args, config.RunConfig, algo_cls))
+    run_vals, algo_vals = config.split_settings(values, algo_cls)
+    run = config.build(config.RunConfig, run_vals)
+    cfg = config.build(algo_cls, algo_vals)
+    print(json.dumps(_run(args.algo, run, cfg, args.overwrite, False, args.quiet), indent=2))
+    return 0
+
+
+def _resume(args: argparse.Namespace) -> int:
+    algo, run, cfg = load_run(args.run_dir)
+    overrides = {k: v for k, v in _given(args, config.RunConfig).items() if k != "run_dir"}
+    run = dataclasses.replace(run, **overrides, run_dir=args.run_dir)
+    print(json.dumps(_run(algo, run, cfg, False, True, args.quiet), indent=2))
     return 0
 
 
@@ -67,8 +135,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     if args.episodes < 1:
         raise InputError("episodes", f"must be >= 1, got {args.episodes}")
-    out = evaluate(args.run_dir, args.episodes, args.seed, args.video)
-    print(json.dumps(out, indent=2))
+    print(json.dumps(evaluate(args.run_dir, args.episodes, args.seed, args.video), indent=2))
     return 0
 
 
@@ -76,20 +143,29 @@ def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # SIGTERM stops like Ctrl-C: the last iteration is checkpointed
 
 
+
+
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
-    args = _parser().parse_args(argv)
-    fields = {f.name for cls in (config.RunConfig, config.ESConfig) for f in dataclasses.fields(cls)}
-    given = {k: v for k, v in vars(args).items() if k in fields}
+    argv = _rewrite_legacy(list(sys.argv[1:] if argv is None else argv))
+    parser = _parser()
+    if argv[:1] == ["resume"]:
+        parser.unknown_hint = "a resume may change only " + ", ".join(RUN_ONLY_OVERRIDES)  # type: ignore[attr-defined]
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: usage errors exit 2 with its own one-line message
+        return int(exc.code or 0)
     try:
         if args.command == "train":
-            return _train(args, given)
+            return _train(args)
+        if args.command == "resume":
+            return _resume(args)
         return _evaluate(args)
     except InputError as exc:
         print(f"esrl: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("esrl: interrupted; the run directory holds a checkpoint to --resume from", file=sys.stderr)
+        print("esrl: interrupted; the run directory holds a checkpoint to resume from", file=sys.stderr)
         return 130
 
 

@@ -97,7 +97,48 @@ class ESConfig:
         _check(self.chunk >= 0, "chunk", f"must be >= 0, got {self.chunk}")
 
 
-ALGORITHMS: dict[str, type] = {"es": ESConfig}
+@dataclass
+class A3CConfig:
+    """A3C (Mnih et al. 2016): asynchronous actor-critic workers updating a global model."""
+
+    sync: str = _f("hogwild", "how workers share the global model", ("hogwild", "lock", "param-server"))
+    shards: int = _f(1, "parameter-server shards (param-server only)")
+    optimizer: str = _f("adam", "shared optimizer", ("adam", "rmsprop", "sgd"))
+    lr: float = _f(1e-3, "learning rate")
+    gamma: float = _f(0.99, "discount")
+    n_steps: int = _f(5, "env steps per update (t_max)")
+    gae_lambda: float = _f(1.0, "GAE lambda (1.0: plain n-step returns)")
+    entropy_coef: float = _f(0.01, "entropy bonus coefficient")
+    value_coef: float = _f(0.5, "value-loss coefficient")
+    max_grad_norm: float = _f(0.5, "clip the gradient to this L2 norm (0 = no clipping)")
+    hidden: tuple[int, ...] = _f((64, 64), "hidden layer sizes")
+    shared_trunk: bool = _f(False, "policy and value share hidden layers")
+    envs_per_worker: int = _f(4, "envs each worker steps together (one batched forward)")
+    report_every: int = _f(100, "global updates per metrics line (one 'iteration')")
+
+    def validate(self) -> None:
+        _validate_rl(self)
+        _check(0 <= self.gae_lambda <= 1, "gae_lambda", f"must be in [0, 1], got {self.gae_lambda}")
+        _check(self.entropy_coef >= 0, "entropy_coef", f"must be >= 0, got {self.entropy_coef}")
+        _check(self.value_coef >= 0, "value_coef", f"must be >= 0, got {self.value_coef}")
+
+
+def _validate_rl(cfg: Any) -> None:
+    _check(cfg.sync in ("hogwild", "lock", "param-server"), "sync", f"unknown {cfg.sync!r}",
+           "hogwild, lock, param-server")
+    _check(cfg.shards >= 1, "shards", f"must be >= 1, got {cfg.shards}")
+    _check(cfg.optimizer in ("adam", "rmsprop", "sgd"), "optimizer", f"unknown {cfg.optimizer!r}",
+           "adam, rmsprop, sgd")
+    _check(cfg.lr > 0, "lr", f"must be > 0, got {cfg.lr}")
+    _check(0 < cfg.gamma <= 1, "gamma", f"must be in (0, 1], got {cfg.gamma}")
+    _check(cfg.n_steps >= 1, "n_steps", f"must be >= 1, got {cfg.n_steps}")
+    _check(cfg.max_grad_norm >= 0, "max_grad_norm", f"must be >= 0, got {cfg.max_grad_norm}")
+    _check(all(h > 0 for h in cfg.hidden), "hidden", f"sizes must be positive, got {cfg.hidden}")
+    _check(cfg.envs_per_worker >= 1, "envs_per_worker", f"must be >= 1, got {cfg.envs_per_worker}")
+    _check(cfg.report_every >= 1, "report_every", f"must be >= 1, got {cfg.report_every}")
+
+
+ALGORITHMS: dict[str, type] = {"es": ESConfig, "a3c": A3CConfig}
 
 
 def _check(ok: bool, name: str, problem: str, accepted: str | None = None) -> None:

@@ -1,0 +1,217 @@
+"""Worker pools for the asynchronous algorithms (A3C, DQN, Dyna-Q): processes or serial.
+
+A pool runs `setup.build_worker(wid, client)` objects whose `step()` does one update and
+returns a report. The processes pool runs each worker in its own process until told to
+stop, sending its reports (and the bytes its store client counted) every REPORT_S
+seconds; it notices a dead worker through its sentinel, logs it, and starts a replacement
+on a spare store slot. The serial pool steps the workers round-robin in this process, so a
+run is reproducible exactly.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import pickle
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from esrl.backends.base import Traffic
+
+REPORT_S = 0.1
+
+
+def _absorb(traffic: Traffic, client: Any) -> None:
+    for k, v in client.sent.items():
+        traffic.sent[k] += v
+    for k, v in client.received.items():
+        traffic.received[k] += v
+    client.sent.clear()
+    client.received.clear()
+
+
+def _worker_main(setup: Any, wid: int, client: Any, conn: Connection, stop: Any) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import torch
+
+    torch.set_num_threads(1)
+    worker = None
+    try:
+        worker = setup.build_worker(wid, client)
+        acc, traffic, compute, last = None, Traffic(), 0.0, time.perf_counter()
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            rep = worker.step()
+            compute += time.perf_counter() - t0
+            if acc is None:
+                acc = rep
+            else:
+                acc.merge(rep)
+            if time.perf_counter() - last >= REPORT_S:
+                _absorb(traffic, client)
+                traffic.compute_s = compute
+                conn.send_bytes(pickle.dumps(("report", wid, acc, traffic, client.staleness)))
+                client.staleness = []
+                acc, traffic, compute, last = None, Traffic(), 0.0, time.perf_counter()
+    except Exception as exc:
+        kind = "nonfinite" if type(exc).__name__ == "NonFiniteError" else "error"
+        update = getattr(worker, "updates", 0)
+        text = f"worker {wid}, update {update}: {exc}" if kind == "nonfinite" else traceback.format_exc()
+        try:
+            conn.send_bytes(pickle.dumps((kind, wid, text)))
+        except OSError:
+            pass
+
+
+class WorkerFailure(RuntimeError):
+    """A worker raised (non-finite values included); carries the worker's own message."""
+
+    def __init__(self, message: str, nonfinite: bool = False) -> None:
+        super().__init__(message)
+        self.nonfinite = nonfinite
+
+
+class ProcessPool:
+    """N worker processes driving a parameter store; see the module docstring."""
+
+    def __init__(self, setup: Any, store: Any, workers: int, ctx: Any, max_restarts: int) -> None:
+        self.setup, self.store, self.n, self.ctx = setup, store, workers, ctx
+        self.max_restarts = max_restarts
+        self.traffic = Traffic()
+        self.events: list[dict[str, Any]] = []
+        self.staleness: list[int] = []
+        self._stop = ctx.Event()
+        self._procs: dict[int, tuple[Any, Connection]] = {}
+        self._next_slot = 0
+
+    @staticmethod
+    def slots_needed(workers: int, max_restarts: int) -> int:
+        return workers + max_restarts
+
+    @property
+    def live_workers(self) -> int:
+        return len(self._procs)
+
+    @property
+    def pids(self) -> dict[int, int]:
+        return {wid: int(p.pid) for wid, (p, _) in self._procs.items()}
+
+    def start(self) -> None:
+        for _ in range(self.n):
+            self._spawn()
+
+    def _spawn(self) -> int:
+        wid = self._next_slot
+        self._next_slot += 1
+        parent, child = self.ctx.Pipe(duplex=False)
+        proc = self.ctx.Process(target=_worker_main, args=(self.setup, wid, self.store.client(wid), child,
+                                                           self._stop), daemon=True)
+        proc.start()
+        child.close()
+        self._procs[wid] = (proc, parent)
+        return wid
+
+    def poll(self, timeout: float) -> list[Any]:
+        """Reports that arrived within `timeout` seconds; handles deaths and worker errors."""
+        conns = {c: wid for wid, (_, c) in self._procs.items()}
+        sentinels = {p.sentinel: wid for wid, (p, _) in self._procs.items()}
+        reports = []
+        for ready in wait([*conns, *sentinels], timeout=timeout):
+            wid = conns.get(ready, sentinels.get(ready))  # type: ignore[arg-type]
+            if wid not in self._procs:
+                continue
+            proc, conn = self._procs[wid]
+            if ready is conn:
+                try:
+                    kind, _, *body = pickle.loads(conn.recv_bytes())
+                except (EOFError, OSError):
+                    self._died(wid)
+                    continue
+                if kind == "report":
+                    rep, traffic, staleness = body
+                    reports.append(rep)
+                    self.staleness.extend(staleness)
+                    for k, v in traffic.sent.items():
+                        self.traffic.sent[k] += v
+                    for k, v in traffic.received.items():
+                        self.traffic.received[k] += v
+                    self.traffic.compute_s += traffic.compute_s
+                    self.traffic.messages += 1
+                else:
+                    raise WorkerFailure(body[0], nonfinite=(kind == "nonfinite"))
+            elif not proc.is_alive() or ready in sentinels:
+                self._died(wid)
+        return reports
+
+    def _died(self, wid: int) -> None:
+        proc, conn = self._procs.pop(wid)
+        proc.join(1)
+        conn.close()
+        event: dict[str, Any] = {"event": "worker_died", "worker": wid, "exitcode": proc.exitcode}
+        if self._next_slot - self.n < self.max_restarts:
+            event["replacement"] = self._spawn()
+        self.events.append(event)
+        if not self._procs:
+            raise WorkerFailure("all workers died and the restart limit is spent")
+
+    def close(self) -> None:
+        self._stop.set()
+        deadline = time.monotonic() + 3
+        for proc, conn in self._procs.values():
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+            conn.close()
+        self._procs.clear()
+
+
+class SerialPool:
+    """The workers in this process, one update each in turn: an exactly reproducible schedule."""
+
+    def __init__(self, setup: Any, store: Any, workers: int) -> None:
+        self.setup, self.store, self.n = setup, store, workers
+        self.traffic = Traffic()
+        self.events: list[dict[str, Any]] = []
+        self.staleness: list[int] = []
+        self._workers: list[Any] = []
+        self._clients: list[Any] = []
+
+    @property
+    def live_workers(self) -> int:
+        return self.n
+
+    def start(self) -> None:
+        self._clients = [self.store.client(w) for w in range(self.n)]
+        self._workers = [self.setup.build_worker(w, c) for w, c in zip(range(self.n), self._clients, strict=True)]
+
+    def poll(self, timeout: float) -> list[Any]:
+        """One round: every worker does one update."""
+        reports = []
+        for w, c in zip(self._workers, self._clients, strict=True):
+            t0 = time.perf_counter()
+            try:
+                reports.append(w.step())
+            except Exception as exc:
+                if type(exc).__name__ == "NonFiniteError":
+                    raise WorkerFailure(f"worker {w.wid}, update {w.updates}: {exc}", nonfinite=True) from None
+                raise
+            self.traffic.compute_s += time.perf_counter() - t0
+            _absorb(self.traffic, c)
+            self.staleness.extend(c.staleness)
+            c.staleness = []
+        return reports
+
+    def close(self) -> None:
+        self._workers = []
+
+
+def context(start_method: str | None = None) -> Any:
+    """fork on Linux (workers inherit imported torch and start in milliseconds), spawn elsewhere."""
+    return mp.get_context(start_method or ("fork" if sys.platform.startswith("linux") else "spawn"))
+
+

@@ -1,0 +1,152 @@
+"""A3C (Mnih et al. 2016): each worker copies the global weights, acts n steps, and pushes
+the gradient of the actor-critic loss to the parameter store.
+
+Gradients come from `torch.autograd.grad`, so nothing accumulates in `.grad` between
+updates: the stale-gradient bug of many public A3Cs cannot happen here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from esrl import seeding
+from esrl.config import A3CConfig
+from esrl.envs import EnvSpec
+from esrl.rl import nets
+from esrl.rl.common import EnvSlots, NonFiniteError, Report, evaluate_greedy
+
+
+@dataclass(frozen=True)
+class A3CSetup:
+    """What a worker builds itself from: small and picklable."""
+
+    cfg: A3CConfig
+    spec: EnvSpec
+    seed: int
+
+    def build_model(self) -> nets.ActorCritic:
+        return nets.seeded(self.seed, "a3c_init", nets.ActorCritic, self.spec, self.cfg.hidden,  # type: ignore
+                           self.cfg.shared_trunk)
+
+    def build_worker(self, wid: int, client: Any) -> A3CWorker:
+        return A3CWorker(self, wid, client)
+
+    def act_greedy(self, params: torch.Tensor) -> Any:
+        model = self.build_model()
+        nets.set_flat(model, params)
+        spec = self.spec
+
+        def act(x: torch.Tensor) -> np.ndarray:
+            out, _ = model(x)
+            if spec.discrete:
+                return out.argmax(-1).numpy()
+            return np.clip(out.numpy(), spec.low, spec.high)
+
+        return act
+
+    def evaluate(self, params: torch.Tensor, seeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return evaluate_greedy(self.spec, self.act_greedy(params), seeds)
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, terminal: torch.Tensor, last_value: torch.Tensor,
+        gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(advantages, returns) of a (T, E) rollout; lam = 1 gives n-step returns minus V."""
+    t_len = rewards.shape[0]
+    adv = torch.zeros_like(rewards)
+    next_adv = torch.zeros_like(last_value)
+    next_value = last_value
+    for t in reversed(range(t_len)):
+        live = 1.0 - terminal[t].float()
+        delta = rewards[t] + gamma * next_value * live - values[t]
+        next_adv = delta + gamma * lam * live * next_adv
+        adv[t] = next_adv
+        next_value = values[t]
+    return adv, adv + values
+
+
+def loss_terms(model: nets.ActorCritic, obs: torch.Tensor, actions: torch.Tensor, adv: torch.Tensor,
+               returns: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Policy, value and entropy terms of the actor-critic loss on flattened (T*E) data."""
+    out, values = model(obs)
+    if model.spec.discrete:
+        logp_all = torch.log_softmax(out, -1)
+        logp = logp_all.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+        entropy = -(logp_all.exp() * logp_all).sum(-1)
+    else:
+        dist = torch.distributions.Normal(out, model.log_std.exp())
+        logp = dist.log_prob(actions).sum(-1)
+        entropy = dist.entropy().sum(-1)
+    return {"policy": -(logp * adv).mean(), "value": (returns - values).pow(2).mean(), "entropy": entropy.mean()}
+
+
+class A3CWorker:
+    """One A3C worker: `step()` is one update (pull, n env steps, gradient, push)."""
+
+    def __init__(self, setup: A3CSetup, wid: int, client: Any) -> None:
+        self.setup, self.cfg, self.wid, self.client = setup, setup.cfg, wid, client
+        self.model = setup.build_model()
+        self.params = list(self.model.parameters())
+        self.flat = nets.get_flat(self.model).clone()
+        self.envs = EnvSlots(setup.spec, self.cfg.envs_per_worker, setup.seed, "a3c_episode", wid)
+        self.gen = torch.Generator().manual_seed(seeding.derive_int(setup.seed, "a3c_actions", wid))
+        self.updates = 0
+
+    def sample(self, out: torch.Tensor) -> torch.Tensor:
+        if self.setup.spec.discrete:
+            return torch.multinomial(torch.softmax(out, -1), 1, generator=self.gen).squeeze(-1)
+        std = self.model.log_std.exp()
+        return out + std * torch.randn(out.shape, generator=self.gen)
+
+    def to_env(self, actions: torch.Tensor) -> Any:
+        spec = self.setup.spec
+        if spec.discrete:
+            return actions.tolist()
+        return np.clip(actions.numpy(), spec.low, spec.high)
+
+    def step(self) -> Report:
+        cfg, report = self.cfg, Report()
+        version = self.client.pull(self.flat)
+        nets.set_flat(self.model, self.flat)
+        t_len, e = cfg.n_steps, cfg.envs_per_worker
+        obs_buf = torch.zeros(t_len, e, self.setup.spec.obs_dim)
+        act_buf: list[torch.Tensor] = []
+        rew_buf = torch.zeros(t_len, e)
+        term_buf = torch.zeros(t_len, e, dtype=torch.bool)
+        with torch.no_grad():
+            for t in range(t_len):
+                obs_buf[t] = torch.from_numpy(self.envs.obs)
+                out, _ = self.model(obs_buf[t])
+                actions = self.sample(out)
+                act_buf.append(actions)
+                boot: dict[int, np.ndarray] = {}
+                _, rewards, terminal = self.envs.step(self.to_env(actions), report, boot.__setitem__)
+                rew = torch.from_numpy(rewards)
+                for i, final_obs in boot.items():  # truncated: bootstrap from the last observation
+                    rew[i] += cfg.gamma * self.model(torch.from_numpy(final_obs))[1]
+                    terminal[i] = True
+                rew_buf[t] = rew
+                term_buf[t] = torch.from_numpy(terminal)
+            last_value = self.model(torch.from_numpy(self.envs.obs))[1]
+            values = self.model(obs_buf.view(t_len * e, -1))[1].view(t_len, e)
+            adv, returns = gae(rew_buf, values, term_buf, last_value, cfg.gamma, cfg.gae_lambda)
+        terms = loss_terms(self.model, obs_buf.view(t_len * e, -1), torch.stack(act_buf).view(t_len * e, -1).squeeze(-1)
+                           if self.setup.spec.discrete else torch.stack(act_buf).view(t_len * e, -1),
+                           adv.view(-1), returns.view(-1))
+        loss = terms["policy"] + cfg.value_coef * terms["value"] - cfg.entropy_coef * terms["entropy"]
+        grads = torch.autograd.grad(loss, self.params)
+        grad = torch.cat([g.reshape(-1) for g in grads])
+        self.updates += 1
+        if not (torch.isfinite(loss) and torch.isfinite(grad).all()):
+            raise NonFiniteError(f"worker {self.wid}, update {self.updates}: non-finite loss or gradient")
+        if cfg.max_grad_norm > 0:
+            norm = grad.norm()
+            if norm > cfg.max_grad_norm:
+                grad.mul_(cfg.max_grad_norm / norm)
+        self.client.push(grad, version)
+        report.updates = 1
+        report.add_loss(**{k: float(v) for k, v in terms.items()})
+        return report

@@ -1,0 +1,117 @@
+"""Pieces every RL algorithm shares: reports, env stepping with reset seeds, evaluation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from esrl import envs, seeding
+from esrl.envs import EnvSpec
+from esrl.rl.optim import OptimSpec
+
+
+class NonFiniteError(RuntimeError):
+    """A loss, gradient or reward that is NaN or infinite; names the worker and update."""
+
+
+@dataclass
+class Report:
+    """What a worker did since its last report."""
+
+    updates: int = 0
+    env_steps: int = 0
+    returns: list[float] = field(default_factory=list)  # of episodes finished
+    losses: dict[str, float] = field(default_factory=dict)  # summed over updates
+
+    def add_loss(self, **values: float) -> None:
+        for k, v in values.items():
+            self.losses[k] = self.losses.get(k, 0.0) + float(v)
+
+    def merge(self, other: Report) -> None:
+        self.updates += other.updates
+        self.env_steps += other.env_steps
+        self.returns.extend(other.returns)
+        for k, v in other.losses.items():
+            self.losses[k] = self.losses.get(k, 0.0) + v
+
+
+def optim_spec(cfg: Any) -> OptimSpec:
+    return OptimSpec(kind=cfg.optimizer, lr=cfg.lr, alpha=0.99, eps=1e-5 if cfg.optimizer == "rmsprop" else 1e-8)
+
+
+class EnvSlots:
+    """`n` envs that reset with seeds from (seed, role, worker, episode) and enforce the time limit."""
+
+    def __init__(self, spec: EnvSpec, n: int, seed: int, role: str, worker: int) -> None:
+        self.spec, self.seed, self.role, self.worker = spec, seed, role, worker
+        self.envs = [envs.lean(envs.make(spec.env_id)) for _ in range(n)]
+        self.episode = 0
+        self.ret = [0.0] * n
+        self.len = [0] * n
+        self.obs = np.stack([self._reset(i) for i in range(n)]).astype(np.float32)
+
+    def _reset(self, i: int) -> np.ndarray:
+        s = seeding.derive_int(self.seed, self.role, self.worker, self.episode)
+        self.episode += 1
+        self.ret[i], self.len[i] = 0.0, 0
+        obs, _ = self.envs[i].reset(seed=s)
+        return np.asarray(obs, np.float32).reshape(-1)
+
+    def step(self, actions: Any, report: Report, on_truncate: Callable[[int, np.ndarray], None] | None = None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Step every env; returns (next observations, rewards, terminal flags).
+
+        A truncated episode is not terminal: `on_truncate(i, final_obs)` sees its last
+        observation before the env is reset, so the caller can bootstrap from it.
+        """
+        n = len(self.envs)
+        rewards = np.zeros(n, np.float32)
+        terminal = np.zeros(n, bool)
+        for i, env in enumerate(self.envs):
+            obs, r, term, trunc, _ = env.step(actions[i])
+            if not np.isfinite(r):
+                raise NonFiniteError(f"non-finite reward {r} from {self.spec.env_id}")
+            rewards[i] = r
+            self.ret[i] += float(r)
+            self.len[i] += 1
+            trunc = trunc or self.len[i] >= self.spec.max_episode_steps
+            if term or trunc:
+                report.returns.append(self.ret[i])
+                if trunc and not term and on_truncate is not None:
+                    on_truncate(i, np.asarray(obs, np.float32).reshape(-1))
+                terminal[i] = term
+                self.obs[i] = self._reset(i)
+            else:
+                self.obs[i] = np.asarray(obs, np.float32).reshape(-1)
+        report.env_steps += n
+        return self.obs.copy(), rewards, terminal
+
+
+def evaluate_greedy(spec: EnvSpec, act: Callable[[torch.Tensor], np.ndarray], seeds: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Returns and lengths of one episode per seed, all envs stepped together, `act` batched."""
+    n = len(seeds)
+    env_list = [envs.lean(envs.make(spec.env_id)) for _ in range(n)]
+    obs = np.stack([np.asarray(e.reset(seed=int(s))[0], np.float32).reshape(-1)
+                    for e, s in zip(env_list, seeds, strict=True)])
+    returns, lengths = np.zeros(n), np.zeros(n, np.int64)
+    active = list(range(n))
+    with torch.no_grad():
+        while active:
+            actions = act(torch.from_numpy(obs[active]))
+            still = []
+            for j, i in enumerate(active):
+                o, r, term, trunc, _ = env_list[i].step(actions[j])
+                returns[i] += r
+                lengths[i] += 1
+                obs[i] = np.asarray(o, np.float32).reshape(-1)
+                if not (term or trunc or lengths[i] >= spec.max_episode_steps):
+                    still.append(i)
+            active = still
+    for e in env_list:
+        e.close()
+    return returns, lengths
