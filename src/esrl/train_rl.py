@@ -122,7 +122,7 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
                 counters.env_steps += rep.env_steps
                 counters.episodes += len(rep.returns)
             if updates >= next_line:
-                next_line += cfg.report_every
+                next_line = (updates // cfg.report_every + 1) * cfg.report_every  # reports may carry many
                 n_eval = run.eval_episodes if iteration % run.eval_every == 0 else 0
                 snap = store.snapshot()
                 eval_return = None
@@ -161,7 +161,10 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
     except KeyboardInterrupt:
         stop_reason = "interrupted"
     finally:
-        pool.close()
+        for rep in pool.close():
+            updates += rep.updates
+            counters.env_steps += rep.env_steps
+            counters.episodes += len(rep.returns)
     if failure is None and stop_reason != "solved":
         save_checkpoint(store.snapshot(), iteration)
     store.close()

@@ -34,6 +34,14 @@ def _absorb(traffic: Traffic, client: Any) -> None:
     client.received.clear()
 
 
+def _send_report(conn: Connection, wid: int, acc: Any, client: Any, compute: float) -> None:
+    traffic = Traffic()
+    _absorb(traffic, client)
+    traffic.compute_s = compute
+    conn.send_bytes(pickle.dumps(("report", wid, acc, traffic, client.staleness)))
+    client.staleness = []
+
+
 def _worker_main(setup: Any, wid: int, client: Any, conn: Connection, stop: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     import torch
@@ -42,7 +50,7 @@ def _worker_main(setup: Any, wid: int, client: Any, conn: Connection, stop: Any)
     worker = None
     try:
         worker = setup.build_worker(wid, client)
-        acc, traffic, compute, last = None, Traffic(), 0.0, time.perf_counter()
+        acc, compute, last = None, 0.0, time.perf_counter()
         while not stop.is_set():
             t0 = time.perf_counter()
             rep = worker.step()
@@ -52,11 +60,10 @@ def _worker_main(setup: Any, wid: int, client: Any, conn: Connection, stop: Any)
             else:
                 acc.merge(rep)
             if time.perf_counter() - last >= REPORT_S:
-                _absorb(traffic, client)
-                traffic.compute_s = compute
-                conn.send_bytes(pickle.dumps(("report", wid, acc, traffic, client.staleness)))
-                client.staleness = []
-                acc, traffic, compute, last = None, Traffic(), 0.0, time.perf_counter()
+                _send_report(conn, wid, acc, client, compute)
+                acc, compute, last = None, 0.0, time.perf_counter()
+        _send_report(conn, wid, acc, client, compute)  # the last updates count too
+        conn.send_bytes(pickle.dumps(("done", wid)))
     except Exception as exc:
         kind = "nonfinite" if type(exc).__name__ == "NonFiniteError" else "error"
         update = getattr(worker, "updates", 0)
@@ -131,21 +138,26 @@ class ProcessPool:
                 except (EOFError, OSError):
                     self._died(wid)
                     continue
+                if kind == "done":
+                    continue
                 if kind == "report":
-                    rep, traffic, staleness = body
-                    reports.append(rep)
-                    self.staleness.extend(staleness)
-                    for k, v in traffic.sent.items():
-                        self.traffic.sent[k] += v
-                    for k, v in traffic.received.items():
-                        self.traffic.received[k] += v
-                    self.traffic.compute_s += traffic.compute_s
-                    self.traffic.messages += 1
+                    reports.extend(self._take(*body))
                 else:
                     raise WorkerFailure(body[0], nonfinite=(kind == "nonfinite"))
             elif not proc.is_alive() or ready in sentinels:
                 self._died(wid)
         return reports
+
+    def _take(self, rep: Any, traffic: Traffic, staleness: list[int]) -> list[Any]:
+        """Fold a worker's report message into the pool's counters."""
+        self.staleness.extend(staleness)
+        for k, v in traffic.sent.items():
+            self.traffic.sent[k] += v
+        for k, v in traffic.received.items():
+            self.traffic.received[k] += v
+        self.traffic.compute_s += traffic.compute_s
+        self.traffic.messages += 1
+        return [] if rep is None else [rep]
 
     def _died(self, wid: int) -> None:
         proc, conn = self._procs.pop(wid)
@@ -158,16 +170,28 @@ class ProcessPool:
         if not self._procs:
             raise WorkerFailure("all workers died and the restart limit is spent")
 
-    def close(self) -> None:
+    def close(self) -> list[Any]:
+        """Stop the workers; returns the reports they sent on the way out."""
         self._stop.set()
-        deadline = time.monotonic() + 3
-        for proc, conn in self._procs.values():
+        reports: list[Any] = []
+        deadline = time.monotonic() + 5
+        for wid, (proc, conn) in list(self._procs.items()):
+            while time.monotonic() < deadline and conn.poll(max(0.0, deadline - time.monotonic())):
+                try:
+                    kind, _, *body = pickle.loads(conn.recv_bytes())
+                except (EOFError, OSError):
+                    break
+                if kind == "done":
+                    break
+                if kind == "report":
+                    reports.extend(self._take(*body))
             proc.join(max(0.0, deadline - time.monotonic()))
             if proc.is_alive():
                 proc.kill()
                 proc.join()
             conn.close()
         self._procs.clear()
+        return reports
 
 
 class SerialPool:
@@ -206,8 +230,9 @@ class SerialPool:
             c.staleness = []
         return reports
 
-    def close(self) -> None:
+    def close(self) -> list[Any]:
         self._workers = []
+        return []
 
 
 def context(start_method: str | None = None) -> Any:

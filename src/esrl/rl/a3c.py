@@ -83,13 +83,29 @@ def loss_terms(model: nets.ActorCritic, obs: torch.Tensor, actions: torch.Tensor
     return {"policy": -(logp * adv).mean(), "value": (returns - values).pow(2).mean(), "entropy": entropy.mean()}
 
 
+def gradient(model: nets.ActorCritic, batch: tuple[torch.Tensor, ...], cfg: A3CConfig
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The flat, norm-clipped gradient of the A3C loss on one rollout, and the loss terms.
+
+    `torch.autograd.grad` returns fresh tensors: no `.grad` buffer exists to go stale.
+    """
+    terms = loss_terms(model, *batch)
+    loss = terms["policy"] + cfg.value_coef * terms["value"] - cfg.entropy_coef * terms["entropy"]
+    grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(model.parameters()))])
+    if cfg.max_grad_norm > 0:
+        norm = grad.norm()
+        if norm > cfg.max_grad_norm:
+            grad.mul_(cfg.max_grad_norm / norm)
+    return grad, {k: v.detach() for k, v in terms.items()}
+
+
 class A3CWorker:
     """One A3C worker: `step()` is one update (pull, n env steps, gradient, push)."""
 
     def __init__(self, setup: A3CSetup, wid: int, client: Any) -> None:
         self.setup, self.cfg, self.wid, self.client = setup, setup.cfg, wid, client
         self.model = setup.build_model()
-        self.params = list(self.model.parameters())
+        self.last_batch: tuple[torch.Tensor, ...] = ()
         self.flat = nets.get_flat(self.model).clone()
         self.envs = EnvSlots(setup.spec, self.cfg.envs_per_worker, setup.seed, "a3c_episode", wid)
         self.gen = torch.Generator().manual_seed(seeding.derive_int(setup.seed, "a3c_actions", wid))
@@ -133,19 +149,14 @@ class A3CWorker:
             last_value = self.model(torch.from_numpy(self.envs.obs))[1]
             values = self.model(obs_buf.view(t_len * e, -1))[1].view(t_len, e)
             adv, returns = gae(rew_buf, values, term_buf, last_value, cfg.gamma, cfg.gae_lambda)
-        terms = loss_terms(self.model, obs_buf.view(t_len * e, -1), torch.stack(act_buf).view(t_len * e, -1).squeeze(-1)
-                           if self.setup.spec.discrete else torch.stack(act_buf).view(t_len * e, -1),
-                           adv.view(-1), returns.view(-1))
-        loss = terms["policy"] + cfg.value_coef * terms["value"] - cfg.entropy_coef * terms["entropy"]
-        grads = torch.autograd.grad(loss, self.params)
-        grad = torch.cat([g.reshape(-1) for g in grads])
+        acts = torch.stack(act_buf).view(t_len * e, -1)
+        batch = (obs_buf.view(t_len * e, -1), acts.squeeze(-1) if self.setup.spec.discrete else acts,
+                 adv.view(-1), returns.view(-1))
+        self.last_batch = batch
+        grad, terms = gradient(self.model, batch, cfg)
         self.updates += 1
-        if not (torch.isfinite(loss) and torch.isfinite(grad).all()):
+        if not (torch.isfinite(grad).all() and all(torch.isfinite(v) for v in terms.values())):
             raise NonFiniteError(f"worker {self.wid}, update {self.updates}: non-finite loss or gradient")
-        if cfg.max_grad_norm > 0:
-            norm = grad.norm()
-            if norm > cfg.max_grad_norm:
-                grad.mul_(cfg.max_grad_norm / norm)
         self.client.push(grad, version)
         report.updates = 1
         report.add_loss(**{k: float(v) for k, v in terms.items()})

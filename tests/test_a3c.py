@@ -1,0 +1,191 @@
+"""A3C: its synchronization is tested, not assumed."""
+
+import dataclasses
+import json
+import multiprocessing as mp
+import os
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium.envs.classic_control.cartpole import CartPoleEnv
+
+from esrl import envs
+from esrl.config import A3CConfig, RunConfig
+from esrl.errors import InputError
+from esrl.rl import nets
+from esrl.rl.a3c import A3CSetup, gae, gradient
+from esrl.rl.common import optim_spec
+from esrl.stores import make_store
+from esrl.train_rl import train_rl
+
+CTX = mp.get_context("fork")
+SPEC = envs.spec_of("CartPole-v1")
+
+
+def tiny(**kw) -> A3CConfig:
+    return dataclasses.replace(A3CConfig(hidden=(16,), envs_per_worker=2, report_every=20), **kw)
+
+
+def run_cfg(d: Path, **kw) -> RunConfig:
+    base = RunConfig(env="CartPole-v1", seed=1, workers=2, max_iterations=4, max_seconds=60, target_return=1e9,
+                     eval_episodes=2, run_dir=str(d))
+    return dataclasses.replace(base, **kw)
+
+
+def test_gae_hand_computed():
+    r = torch.tensor([[1.0], [1.0], [1.0]])
+    v = torch.tensor([[0.5], [0.5], [0.5]])
+    term = torch.tensor([[False], [True], [False]])
+    adv, ret = gae(r, v, term, torch.tensor([2.0]), gamma=0.9, lam=1.0)
+    # t=2: 1 + 0.9*2 = 2.8; t=1 terminal: 1; t=0: 1 + 0.9*1 = 1.9
+    assert torch.allclose(ret[:, 0], torch.tensor([1.9, 1.0, 2.8]))
+    assert torch.allclose(adv[:, 0], ret[:, 0] - 0.5)
+
+
+def _one_update(setup, client, out):
+    torch.set_num_threads(1)  # as the pool's workers do: a forked child must not touch the parent's thread pool
+    w = setup.build_worker(0, client)
+    w.step()
+    out.put([p.grad is None for p in w.model.parameters()])
+
+
+@pytest.mark.parametrize("sync", ["hogwild", "lock", "param-server"])
+def test_one_update_in_a_worker_process_equals_the_serial_update(sync):
+    setup = A3CSetup(tiny(), SPEC, seed=4)
+    params = nets.get_flat(setup.build_model())
+    store = make_store(sync, params, optim_spec(setup.cfg), CTX, slots=1)
+    try:
+        q = CTX.Queue()
+        p = CTX.Process(target=_one_update, args=(setup, store.client(0), q))
+        p.start()
+        no_grads = q.get(timeout=60)
+        p.join(60)
+        remote = store.snapshot()
+    finally:
+        store.close()
+    local_store = make_store("lock", params, optim_spec(setup.cfg), CTX)
+    worker = setup.build_worker(0, local_store.client(0))
+    worker.step()
+    local = local_store.snapshot()
+    assert remote[2] == local[2] == 1
+    assert torch.equal(remote[0], local[0]) and not torch.equal(local[0], params)
+    assert torch.equal(remote[1]["m"], local[1]["m"]) and torch.equal(remote[1]["v"], local[1]["v"])
+    assert all(no_grads)  # nothing accumulates in .grad between updates
+
+
+def test_gradient_does_not_accumulate_across_updates():
+    """Each pushed gradient equals a fresh model's gradient on that update's weights and data."""
+    setup = A3CSetup(tiny(), SPEC, seed=5)
+    store = make_store("lock", nets.get_flat(setup.build_model()), optim_spec(setup.cfg), CTX)
+    pushed, pulled = [], []
+
+    class Recorder:
+        def __init__(self, inner):
+            self.inner, self.sent, self.received, self.staleness = inner, {}, {}, []
+
+        def pull(self, out):
+            v = self.inner.pull(out)
+            pulled.append(out.clone())
+            return v
+
+        def push(self, grad, version):
+            pushed.append(grad.clone())
+            self.inner.push(grad, version)
+
+    worker = setup.build_worker(0, Recorder(store.client(0)))
+    for k in range(3):
+        worker.step()
+        fresh = setup.build_model()
+        nets.set_flat(fresh, pulled[k])
+        expected, _ = gradient(fresh, worker.last_batch, setup.cfg)
+        assert torch.equal(pushed[k], expected), k
+        assert all(p.grad is None for p in worker.model.parameters())
+    assert not torch.equal(pulled[0], pulled[2])  # the weights were re-synced from the global model
+
+
+def test_serial_backend_is_exactly_reproducible(tmp_path):
+    a = train_rl("a3c", run_cfg(tmp_path / "a", backend="serial"), tiny(), show_progress=False)
+    b = train_rl("a3c", run_cfg(tmp_path / "b", backend="serial"), tiny(), show_progress=False)
+    c = train_rl("a3c", run_cfg(tmp_path / "c", backend="serial", seed=2), tiny(), show_progress=False)
+
+    def lines(d):
+        keys = ("updates", "env_steps", "episodes", "return_mean", "eval_return", "losses")
+        return [{k: json.loads(x)[k] for k in keys} for x in (d / "metrics.jsonl").read_text().splitlines()]
+
+    assert lines(tmp_path / "a") == lines(tmp_path / "b") and lines(tmp_path / "a") != lines(tmp_path / "c")
+    assert a["updates"] == b["updates"] and a["env_steps"] == b["env_steps"] and c["updates"] > 0
+
+
+@pytest.mark.parametrize("sync", ["hogwild", "lock", "param-server"])
+def test_step_count_equals_updates_applied_and_metrics(tmp_path, sync):
+    d = tmp_path / sync
+    summary = train_rl("a3c", run_cfg(d, max_iterations=3), tiny(sync=sync, shards=2), show_progress=False)
+    manifest = json.loads(sorted((d / "checkpoints").glob("*.json"))[-1].read_text())
+    assert manifest["meta"]["version"] == summary["updates"] >= 60
+    lines = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+    assert [m["iteration"] for m in lines] == [0, 1, 2]
+    for m in lines:
+        assert m["bytes_sent"]["gradients"] > 0 and m["bytes_received"]["parameters"] > 0
+        assert m["staleness_mean"] is not None and m["live_workers"] == 2 and m["updates_per_s"] > 0
+    # parameters and gradients move whole: about 4 bytes per parameter per update each way
+    n = summary["num_params"]
+    total = sum(m["bytes_sent"]["gradients"] for m in lines)
+    assert total >= 4 * n * (lines[-1]["updates"] - 20)
+
+
+class DyingCartPole(CartPoleEnv):
+    marker: Path | None = None
+
+    def step(self, action):
+        if DyingCartPole.marker is not None and not DyingCartPole.marker.exists():
+            try:
+                os.close(os.open(DyingCartPole.marker, os.O_CREAT | os.O_EXCL))
+                os._exit(9)
+            except FileExistsError:
+                pass
+        return super().step(action)
+
+
+class NaNCartPole(CartPoleEnv):
+    def step(self, action):
+        obs, r, term, trunc, info = super().step(action)
+        return obs, float("nan"), term, trunc, info
+
+
+gym.register("esrl-test/DyingCartPole-v0", entry_point=DyingCartPole, max_episode_steps=500)
+gym.register("esrl-test/NaNRewardCartPole-v0", entry_point=NaNCartPole, max_episode_steps=500)
+
+
+def test_dead_worker_is_replaced_and_the_run_goes_on(tmp_path):
+    DyingCartPole.marker = tmp_path / "died"
+    d = tmp_path / "r"
+    summary = train_rl("a3c", run_cfg(d, env="esrl-test/DyingCartPole-v0", max_iterations=3), tiny(),
+                       show_progress=False)
+    DyingCartPole.marker = None
+    assert (tmp_path / "died").exists()
+    events = [e for x in (d / "metrics.jsonl").read_text().splitlines() for e in json.loads(x)["events"]]
+    died = [e for e in events if e["event"] == "worker_died"]
+    assert len(died) == 1 and died[0]["exitcode"] == 9 and "replacement" in died[0]
+    assert summary["iterations"] == 3 and summary["error"] is None
+
+
+@pytest.mark.parametrize("backend", ["serial", "processes"])
+def test_nonfinite_reward_stops_the_run_naming_the_worker(tmp_path, backend):
+    d = tmp_path / "r"
+    with pytest.raises(InputError, match=r"worker \d+, update \d+: non-finite reward"):
+        train_rl("a3c", run_cfg(d, env="esrl-test/NaNRewardCartPole-v0", backend=backend), tiny(),
+                 show_progress=False)
+    assert not list((d / "checkpoints").glob("*"))  # no checkpoint of a run that saw NaN
+    assert json.loads((d / "summary.json").read_text())["stop_reason"] == "nonfinite"
+
+
+def test_box_actions_learn_on_pendulum_without_error(tmp_path):
+    spec = envs.spec_of("Pendulum-v1")
+    setup = A3CSetup(tiny(), spec, seed=0)
+    rets, _ = setup.evaluate(nets.get_flat(setup.build_model()), np.array([1, 2]))
+    assert rets.shape == (2,) and np.all(rets < 0)
+    s = train_rl("a3c", run_cfg(tmp_path / "p", env="Pendulum-v1", max_iterations=2), tiny(), show_progress=False)
+    assert s["updates"] >= 40
