@@ -151,7 +151,7 @@ class DyingCartPole(CartPoleEnv):
 
 class NaNCartPole(CartPoleEnv):
     def step(self, action):
-        obs, r, term, trunc, info = super().step(action)
+        obs, _r, term, trunc, info = super().step(action)
         return obs, float("nan"), term, trunc, info
 
 

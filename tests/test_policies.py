@@ -78,5 +78,5 @@ def test_flat_get_set_round_trip():
     out = named["layer2.weight"] @ h + named["layer2.bias"]
     np.testing.assert_allclose(pol.forward(flat[None], x, np.zeros(3, np.float32), np.ones(3, np.float32))[0], out,
                                rtol=1e-5)
-    with pytest.raises(ValueError, match="layer0.weight"):
+    with pytest.raises(ValueError, match=r"layer0\.weight"):
         pol.flatten({**named, "layer0.weight": np.zeros((2, 2))})

@@ -32,7 +32,7 @@ def test_racing_workers_lose_no_update(sync):
         for p in procs:
             p.join(60)
             assert p.exitcode == 0
-        params, state, version = store.snapshot()
+        params, _state, version = store.snapshot()
         assert version == 400  # every push counted, whoever raced whom
         assert torch.all(params < 0)  # and every push descended
     finally:
@@ -57,7 +57,7 @@ def test_single_client_matches_the_optimizer_exactly(sync):
         assert torch.equal(buf, ref)
         assert client.staleness == [0, 0, 0]
         assert client.sent["gradients"] >= 3 * 6 * 4 and client.received["parameters"] >= 4 * 6 * 4
-        params, state, version = store.snapshot()
+        _params, state, version = store.snapshot()
         assert version == 3 and torch.equal(state["m"], ref_state["m"]) and torch.equal(state["v"], ref_state["v"])
     finally:
         store.close()

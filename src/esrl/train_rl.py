@@ -128,7 +128,7 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
                 eval_return = None
                 if n_eval:
                     seeds = seeding.rng(run.seed, "eval_seeds", iteration).integers(0, 2**31 - 1, size=n_eval)
-                    rets, lens = setup.evaluate(snap[0], seeds)
+                    rets, _lens = setup.evaluate(snap[0], seeds)
                     eval_return = float(rets.mean())
                     counters.best_eval_return = max(counters.best_eval_return or -math.inf, eval_return)
                 hit = eval_return is not None and target is not None and eval_return >= target

@@ -16,7 +16,6 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
@@ -128,7 +127,7 @@ class ProcessPool:
         sentinels = {p.sentinel: wid for wid, (p, _) in self._procs.items()}
         reports = []
         for ready in wait([*conns, *sentinels], timeout=timeout):
-            wid = conns.get(ready, sentinels.get(ready))  # type: ignore[arg-type]
+            wid = conns[ready] if ready in conns else sentinels[ready]
             if wid not in self._procs:
                 continue
             proc, conn = self._procs[wid]
@@ -175,7 +174,7 @@ class ProcessPool:
         self._stop.set()
         reports: list[Any] = []
         deadline = time.monotonic() + 5
-        for wid, (proc, conn) in list(self._procs.items()):
+        for _wid, (proc, conn) in list(self._procs.items()):
             while time.monotonic() < deadline and conn.poll(max(0.0, deadline - time.monotonic())):
                 try:
                     kind, _, *body = pickle.loads(conn.recv_bytes())

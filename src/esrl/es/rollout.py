@@ -79,9 +79,9 @@ def run_episodes(
         actions = policy.to_actions(out)
         acts = list(actions)  # numpy scalars: Discrete.contains checks them faster than ints
         finished = []
-        for j, i in enumerate(rows):
+        for j, _i in enumerate(rows):
             obs, r, term, trunc, _ = steps[j](acts[j])
-            ret_a[j] += r
+            ret_a[j] += r  # type: ignore[operator]
             len_a[j] += 1
             xa[j] = policy.preprocess(np.asarray([obs]))[0] if reshape else obs
             if term or trunc or len_a[j] >= cap:

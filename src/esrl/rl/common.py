@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,7 +74,8 @@ class EnvSlots:
         terminal = np.zeros(n, bool)
         for i, env in enumerate(self.envs):
             obs, r, term, trunc, _ = env.step(actions[i])
-            if not np.isfinite(r):
+            r = float(r)
+            if not math.isfinite(r):
                 raise NonFiniteError(f"non-finite reward {r} from {self.spec.env_id}")
             rewards[i] = r
             self.ret[i] += float(r)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -15,7 +16,7 @@ from esrl.envs import EnvSpec
 def mlp(sizes: Sequence[int], out_gain: float = 1.0) -> nn.Sequential:
     """tanh MLP with orthogonal init (gain sqrt(2) hidden, `out_gain` output), zero biases."""
     layers: list[nn.Module] = []
-    for k, (i, o) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+    for k, (i, o) in enumerate(itertools.pairwise(sizes)):
         lin = nn.Linear(i, o)
         last = k == len(sizes) - 2
         nn.init.orthogonal_(lin.weight, gain=out_gain if last else 2**0.5)
@@ -64,7 +65,7 @@ def seeded(seed: int, role: str, build: type[nn.Module] | object, *args: object)
     """Build a module with its initial weights drawn from (seed, role), leaving torch's global RNG as it was."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seeding.derive_int(seed, role))
-        return build(*args)  # type: ignore[operator,no-any-return]
+        return build(*args)  # type: ignore[operator]
 
 
 def get_flat(module: nn.Module) -> torch.Tensor:

@@ -9,10 +9,11 @@ left half-written.
 
 from __future__ import annotations
 
+import itertools
 import struct
 from collections import defaultdict
 from multiprocessing.connection import Connection, wait
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -35,7 +36,8 @@ def _server_main(params: torch.Tensor, spec: OptimSpec, conns: list[Connection],
     pending: dict[Connection, list[int]] = defaultdict(list)
     alive = [*conns, control]
     while alive:
-        for c in wait(alive):
+        for ready in wait(alive):
+            c = cast(Connection, ready)
             try:
                 data = c.recv_bytes()
             except (EOFError, OSError):
@@ -73,7 +75,7 @@ class ServerStore:
         self.n = flat.numel()
         shards = max(1, min(shards, self.n))
         bounds = np.linspace(0, self.n, shards + 1).astype(int)
-        self.slices = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        self.slices = [(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
         self._worker_ends: list[list[Connection]] = [[] for _ in range(slots)]
         self._controls: list[Connection] = []
         self._procs = []
