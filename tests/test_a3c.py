@@ -168,7 +168,7 @@ def test_dead_worker_is_replaced_and_the_run_goes_on(tmp_path):
     assert (tmp_path / "died").exists()
     events = [e for x in (d / "metrics.jsonl").read_text().splitlines() for e in json.loads(x)["events"]]
     died = [e for e in events if e["event"] == "worker_died"]
-    assert len(died) == 1 and died[0]["exitcode"] == 9 and "replacement" in died[0]
+    assert len(died) == 1 and died[0]["exitcode"] == 9 and "replacement_slot" in died[0]
     assert summary["iterations"] == 3 and summary["error"] is None
 
 

@@ -100,17 +100,6 @@ def _run(algo: str, run: config.RunConfig, cfg: Any, overwrite: bool, resume: bo
     return train_rl(algo, run, cfg, overwrite=overwrite, resume=resume, show_progress=not quiet)
 
 
-def load_run(run_dir: str) -> tuple[str, config.RunConfig, Any]:
-    """(algorithm, run config, algorithm config) stored in a run directory."""
-    from esrl.runs.rundir import RunDir
-
-    data = RunDir.open(run_dir).read_json("config.json")
-    algo = data.get("algorithm")
-    if algo not in config.ALGORITHMS or algo not in data:
-        raise InputError("run_dir", f"{run_dir}/config.json names no known algorithm", ", ".join(config.ALGORITHMS))
-    return algo, config.build(config.RunConfig, data["run"]), config.build(config.ALGORITHMS[algo], data[algo])
-
-
 def _train(args: argparse.Namespace) -> int:
     algo_cls = config.ALGORITHMS[args.algo]
     values = config.load_file(args.config) if args.config else {}
@@ -123,7 +112,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _resume(args: argparse.Namespace) -> int:
-    algo, run, cfg = load_run(args.run_dir)
+    algo, run, cfg = config.load_run(args.run_dir)
     overrides = {k: v for k, v in _given(args, config.RunConfig).items() if k != "run_dir"}
     run = dataclasses.replace(run, **overrides, run_dir=args.run_dir)
     print(json.dumps(_run(algo, run, cfg, False, True, args.quiet), indent=2))

@@ -123,6 +123,79 @@ class A3CConfig:
         _check(self.value_coef >= 0, "value_coef", f"must be >= 0, got {self.value_coef}")
 
 
+@dataclass
+class DQNConfig:
+    """Parallel DQN (Gorila, Nair et al. 2015): actor-learner workers updating a global Q-network."""
+
+    sync: str = _f("hogwild", "how workers share the global Q-network", ("hogwild", "lock", "param-server"))
+    shards: int = _f(1, "parameter-server shards (param-server only)")
+    replay: str = _f("local", "replay memory per worker or one shared by all", ("local", "global"))
+    optimizer: str = _f("adam", "shared optimizer", ("adam", "rmsprop", "sgd"))
+    lr: float = _f(2.5e-4, "learning rate")
+    gamma: float = _f(0.99, "discount")
+    n_steps: int = _f(2, "env steps per update (per worker)")
+    batch_size: int = _f(128, "transitions per gradient")
+    buffer_size: int = _f(50_000, "replay capacity (per worker when local)")
+    learning_starts: int = _f(1_000, "transitions in replay before the first update")
+    target_update: int = _f(500, "global updates between target-network refreshes")
+    double: bool = _f(True, "double DQN targets (van Hasselt et al. 2016)")
+    eps_start: float = _f(1.0, "initial exploration epsilon")
+    eps_final: float = _f(0.05, "final epsilon of worker 0; worker i ends at eps_final^(1 + i/(N-1))")
+    eps_decay_steps: int = _f(10_000, "env steps (per worker) of linear epsilon decay")
+    max_grad_norm: float = _f(10.0, "clip the gradient to this L2 norm (0 = no clipping)")
+    hidden: tuple[int, ...] = _f((64, 64), "hidden layer sizes")
+    envs_per_worker: int = _f(1, "envs each worker steps together")
+    report_every: int = _f(500, "global updates per metrics line (one 'iteration')")
+
+    def validate(self) -> None:
+        _validate_dqn(self)
+
+
+@dataclass
+class DynaQConfig:
+    """Parallel deep Dyna-Q: one real-environment actor, planners learning from a shared world model."""
+
+    sync: str = _f("hogwild", "how the actor and planners share the Q-network", ("hogwild", "lock", "param-server"))
+    shards: int = _f(1, "parameter-server shards (param-server only)")
+    replay: str = _f("global", "real transitions are shared with the planners", ("global",))
+    optimizer: str = _f("adam", "shared optimizer", ("adam", "rmsprop", "sgd"))
+    lr: float = _f(1e-3, "learning rate")
+    gamma: float = _f(0.99, "discount")
+    n_steps: int = _f(1, "real env steps per actor update")
+    batch_size: int = _f(64, "transitions per gradient (real or simulated)")
+    buffer_size: int = _f(50_000, "real-transition replay capacity")
+    learning_starts: int = _f(1_000, "real transitions before the first update")
+    target_update: int = _f(500, "global updates between target-network refreshes")
+    double: bool = _f(True, "double DQN targets")
+    eps_start: float = _f(1.0, "initial exploration epsilon of the actor")
+    eps_final: float = _f(0.05, "final epsilon of the actor")
+    eps_decay_steps: int = _f(10_000, "real env steps of linear epsilon decay")
+    max_grad_norm: float = _f(10.0, "clip gradients to this L2 norm (0 = no clipping)")
+    hidden: tuple[int, ...] = _f((64, 64), "Q-network hidden layer sizes")
+    model_hidden: tuple[int, ...] = _f((128, 128), "world-model hidden layer sizes")
+    model_lr: float = _f(1e-3, "world-model learning rate")
+    planning_ratio: float = _f(1.0, "simulated transitions per real transition (0 = no planning)")
+    envs_per_worker: int = _f(1, "real envs the actor steps together")
+    report_every: int = _f(500, "global Q updates per metrics line (one 'iteration')")
+
+    def validate(self) -> None:
+        _validate_dqn(self)
+        _check(self.planning_ratio >= 0, "planning_ratio", f"must be >= 0, got {self.planning_ratio}")
+        _check(self.model_lr > 0, "model_lr", f"must be > 0, got {self.model_lr}")
+        _check(all(h > 0 for h in self.model_hidden), "model_hidden", f"sizes must be positive, got {self.model_hidden}")
+
+
+def _validate_dqn(cfg: Any) -> None:
+    _validate_rl(cfg)
+    _check(cfg.replay in ("local", "global"), "replay", f"unknown {cfg.replay!r}", "local, global")
+    _check(cfg.batch_size >= 1, "batch_size", f"must be >= 1, got {cfg.batch_size}")
+    _check(cfg.buffer_size >= cfg.batch_size, "buffer_size", f"must be >= batch_size, got {cfg.buffer_size}")
+    _check(cfg.learning_starts >= cfg.batch_size, "learning_starts", f"must be >= batch_size ({cfg.batch_size})")
+    _check(cfg.target_update >= 1, "target_update", f"must be >= 1, got {cfg.target_update}")
+    _check(0 <= cfg.eps_final <= cfg.eps_start <= 1, "eps_start/eps_final", "need 0 <= eps_final <= eps_start <= 1")
+    _check(cfg.eps_decay_steps >= 1, "eps_decay_steps", f"must be >= 1, got {cfg.eps_decay_steps}")
+
+
 def _validate_rl(cfg: Any) -> None:
     _check(cfg.sync in ("hogwild", "lock", "param-server"), "sync", f"unknown {cfg.sync!r}",
            "hogwild, lock, param-server")
@@ -138,7 +211,7 @@ def _validate_rl(cfg: Any) -> None:
     _check(cfg.report_every >= 1, "report_every", f"must be >= 1, got {cfg.report_every}")
 
 
-ALGORITHMS: dict[str, type] = {"es": ESConfig, "a3c": A3CConfig}
+ALGORITHMS: dict[str, type] = {"es": ESConfig, "a3c": A3CConfig, "dqn": DQNConfig, "dynaq": DynaQConfig}
 
 
 def _check(ok: bool, name: str, problem: str, accepted: str | None = None) -> None:
@@ -267,3 +340,14 @@ def split_settings(values: dict[str, Any], algo_cls: type) -> tuple[dict[str, An
 def to_dict(cfg: Any) -> dict[str, Any]:
     """JSON-ready dict of a config dataclass (tuples become lists)."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+
+
+def load_run(run_dir: str | Path) -> tuple[str, RunConfig, Any]:
+    """(algorithm, run config, algorithm config) stored in a run directory's config.json."""
+    from esrl.runs.rundir import RunDir
+
+    data = RunDir.open(run_dir).read_json("config.json")
+    algo = data.get("algorithm") if isinstance(data, dict) else None
+    if algo not in ALGORITHMS or algo not in data:
+        raise InputError("run_dir", f"{run_dir}/config.json names no known algorithm", ", ".join(ALGORITHMS))
+    return algo, build(RunConfig, data["run"]), build(ALGORITHMS[algo], data[algo])

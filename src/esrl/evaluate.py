@@ -2,34 +2,66 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from esrl import envs, seeding
+from esrl import config, envs, seeding
 from esrl.errors import InputError
-from esrl.es.algorithm import ESSetup
 from esrl.runs import checkpoint
 from esrl.runs.rundir import RunDir
+
+Act = Callable[[np.ndarray], Any]  # one observation -> one env action
+
+
+def _es_policy(run: config.RunConfig, cfg: Any, spec: envs.EnvSpec, manifest: Path) -> tuple[Act, int]:
+    from esrl.es.algorithm import ESSetup
+
+    replica = ESSetup(cfg, spec, run.seed).build()
+    tensors, meta = checkpoint.load(manifest, "es", {"theta": (replica.dim,)})
+    replica.set_state({**tensors, **meta["meta"]["scalars"]})
+    mean, inv_std = replica.normalizer()
+    pol, theta = replica.policy, replica.theta[None]
+
+    def act(obs: np.ndarray) -> Any:
+        a = pol.to_actions(pol.forward(theta, pol.preprocess(np.asarray(obs)[None]), mean, inv_std))[0]
+        return int(a) if spec.discrete else a
+
+    return act, int(meta["iteration"])
+
+
+def _rl_policy(algo: str, run: config.RunConfig, cfg: Any, spec: envs.EnvSpec, manifest: Path) -> tuple[Act, int]:
+    import torch
+
+    from esrl.rl import nets
+    from esrl.train_rl import setup_for
+
+    setup = setup_for(algo, cfg, spec, run.seed)
+    n = int(nets.get_flat(setup.build_model()).numel())
+    tensors, meta = checkpoint.load(manifest, algo, {"params": (n,)})
+    greedy = setup.act_greedy(torch.from_numpy(tensors["params"]))
+
+    def act(obs: np.ndarray) -> Any:
+        with torch.no_grad():
+            a = greedy(torch.as_tensor(np.asarray(obs, np.float32).reshape(1, -1)))[0]
+        return int(a) if spec.discrete else a
+
+    return act, int(meta["meta"]["version"])
 
 
 def evaluate(run_dir: str, episodes: int, seed: int | None = None, video: str | None = None) -> dict[str, Any]:
     """Mean, std and all returns of `episodes` noiseless episodes of the latest checkpoint."""
-    from esrl.train import ALGORITHM, load_run
-
-    run, cfg = load_run(run_dir)
+    algo, run, cfg = config.load_run(run_dir)
     rd = RunDir.open(run_dir)
     spec = envs.spec_of(run.env)
-    replica = ESSetup(cfg, spec, run.seed).build()
     manifest = checkpoint.latest(rd.checkpoints)
     if manifest is None:
         raise InputError("run_dir", f"{run_dir} has no checkpoint yet")
-    tensors, meta = checkpoint.load(manifest, ALGORITHM, {"theta": (replica.dim,)})
-    replica.set_state({**tensors, **meta["meta"]["scalars"]})
-    mean, inv_std = replica.normalizer()
+    act, at = _es_policy(run, cfg, spec, manifest) if algo == "es" else _rl_policy(algo, run, cfg, spec, manifest)
     seeds = seeding.rng(run.seed if seed is None else seed, "evaluate").integers(0, 2**31 - 1, size=episodes)
-    frames: list[np.ndarray] = []
+    frames: list[Any] = []
     returns, lengths = [], []
     env = envs.make(run.env, render_mode="rgb_array" if video else None)
     try:
@@ -39,15 +71,13 @@ def evaluate(run_dir: str, episodes: int, seed: int | None = None, video: str | 
             while not done:
                 if video:
                     frames.append(np.asarray(env.render()))
-                x = replica.policy.preprocess(np.asarray(obs)[None])
-                action = replica.policy.to_actions(replica.policy.forward(replica.theta[None], x, mean, inv_std))[0]
-                obs, r, term, trunc, _ = env.step(int(action) if spec.discrete else action)
+                obs, r, term, trunc, _ = env.step(act(obs))
                 total, n, done = total + float(r), n + 1, term or trunc
             returns.append(total)
             lengths.append(n)
     finally:
         env.close()
-    out: dict[str, Any] = {"run_dir": str(run_dir), "iteration": meta["iteration"], "episodes": episodes,
+    out: dict[str, Any] = {"run_dir": str(run_dir), "algorithm": algo, "checkpoint": at, "episodes": episodes,
                            "mean_return": float(np.mean(returns)), "std_return": float(np.std(returns)),
                            "returns": returns, "lengths": lengths}
     if video:

@@ -16,7 +16,6 @@ import numpy as np
 from esrl import __version__, envs
 from esrl.backends import default_workers, make_backend
 from esrl.config import ESConfig, RunConfig, to_dict
-from esrl.errors import InputError
 from esrl.es import algorithm as es
 from esrl.progress import Progress
 from esrl.runs import checkpoint
@@ -205,13 +204,3 @@ def train(run: RunConfig, cfg: ESConfig, overwrite: bool = False, resume: bool =
     if stop_reason == "interrupted":
         raise KeyboardInterrupt
     return summary
-
-
-def load_run(run_dir: str) -> tuple[RunConfig, ESConfig]:
-    """The configs stored in a run directory."""
-    from esrl.config import build
-
-    data = RunDir.open(run_dir).read_json("config.json")
-    if data.get("algorithm") != ALGORITHM:
-        raise InputError("run_dir", f"{run_dir} holds a {data.get('algorithm')!r} run", "an es run")
-    return build(RunConfig, data["run"]), build(ESConfig, data["es"])

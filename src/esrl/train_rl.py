@@ -49,11 +49,18 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
              show_progress: bool = True) -> dict[str, Any]:
     """Train (or resume) an A3C, DQN or Dyna-Q run; returns the summary written to summary.json."""
     t_start = time.perf_counter()
+    # The coordinator's torch ops are tiny; a thread pool here would spin against the workers
+    # for the same cores (an evaluation took minutes that way on 2 cores).
+    torch.set_num_threads(1)
     run.validate()
     cfg.validate()
     run_dir_path = run.run_dir or f"runs/{algo}-{run.env}-s{run.seed}"
     spec = envs.spec_of(run.env)
+    workers = run.workers or default_workers()
     setup = setup_for(algo, cfg, spec, run.seed)
+    ctx = context()
+    if hasattr(setup, "attach"):  # shared resources of the run: a global replay, a world model
+        setup = setup.attach(ctx, workers)
     target = resolve_target(run, spec)
     model = setup.build_model()
     params = nets.get_flat(model)
@@ -75,12 +82,10 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
         rd = RunDir.create(run_dir_path, overwrite)
     run = dataclasses.replace(run, run_dir=str(rd.path))
     serial = run.backend == "serial"
-    workers = run.workers or default_workers()
     rd.write_json("config.json", {"algorithm": algo, "esrl_version": __version__, "run": to_dict(run),
                                   algo: to_dict(cfg), "resolved": {"target_return": target, "workers": workers,
                                   "num_params": int(params.numel()), "sync": "serial" if serial else cfg.sync}})
 
-    ctx = context()
     max_restarts = 3 * workers
     if serial:
         store: Any = make_store("lock", params, optim_spec(cfg), ctx)
@@ -201,6 +206,7 @@ def _metrics_line(iteration: int, wall_s: float, it_s: float, counters: Counters
         "staleness_mean": float(st.mean()) if st.size else None,
         "staleness_max": int(st.max()) if st.size else None,
         "losses": {k: v / max(1, rep.updates) for k, v in rep.losses.items()},
+        "counts": dict(rep.counts),
         "bytes_sent": dict(traffic.sent), "bytes_received": dict(traffic.received),
         "bytes_sent_total": sum(traffic.sent.values()), "bytes_received_total": sum(traffic.received.values()),
         "messages": traffic.messages, "compute_s": traffic.compute_s,

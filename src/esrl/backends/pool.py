@@ -1,6 +1,6 @@
 """Worker pools for the asynchronous algorithms (A3C, DQN, Dyna-Q): processes or serial.
 
-A pool runs `setup.build_worker(wid, client)` objects whose `step()` does one update and
+A pool runs `setup.build_worker(index, client)` objects whose `step()` does one update and
 returns a report. The processes pool runs each worker in its own process until told to
 stop, sending its reports (and the bytes its store client counted) every REPORT_S
 seconds; it notices a dead worker through its sentinel, logs it, and starts a replacement
@@ -107,19 +107,20 @@ class ProcessPool:
         return {wid: int(p.pid) for wid, (p, _) in self._procs.items()}
 
     def start(self) -> None:
-        for _ in range(self.n):
-            self._spawn()
+        for index in range(self.n):
+            self._spawn(index)
 
-    def _spawn(self) -> int:
-        wid = self._next_slot
+    def _spawn(self, index: int) -> int:
+        """Start worker `index` (its role and seeds) on a fresh store slot; returns the slot."""
+        slot = self._next_slot
         self._next_slot += 1
         parent, child = self.ctx.Pipe(duplex=False)
-        proc = self.ctx.Process(target=_worker_main, args=(self.setup, wid, self.store.client(wid), child,
+        proc = self.ctx.Process(target=_worker_main, args=(self.setup, index, self.store.client(slot), child,
                                                            self._stop), daemon=True)
         proc.start()
         child.close()
-        self._procs[wid] = (proc, parent)
-        return wid
+        self._procs[index] = (proc, parent)
+        return slot
 
     def poll(self, timeout: float) -> list[Any]:
         """Reports that arrived within `timeout` seconds; handles deaths and worker errors."""
@@ -164,7 +165,7 @@ class ProcessPool:
         conn.close()
         event: dict[str, Any] = {"event": "worker_died", "worker": wid, "exitcode": proc.exitcode}
         if self._next_slot - self.n < self.max_restarts:
-            event["replacement"] = self._spawn()
+            event["replacement_slot"] = self._spawn(wid)
         self.events.append(event)
         if not self._procs:
             raise WorkerFailure("all workers died and the restart limit is spent")

@@ -27,6 +27,7 @@ class Report:
     env_steps: int = 0
     returns: list[float] = field(default_factory=list)  # of episodes finished
     losses: dict[str, float] = field(default_factory=dict)  # summed over updates
+    counts: dict[str, int] = field(default_factory=dict)  # e.g. real and simulated transitions
 
     def add_loss(self, **values: float) -> None:
         for k, v in values.items():
@@ -38,6 +39,8 @@ class Report:
         self.returns.extend(other.returns)
         for k, v in other.losses.items():
             self.losses[k] = self.losses.get(k, 0.0) + v
+        for k, n in other.counts.items():
+            self.counts[k] = self.counts.get(k, 0) + n
 
 
 def optim_spec(cfg: Any) -> OptimSpec:

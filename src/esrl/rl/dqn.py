@@ -1,0 +1,156 @@
+"""Parallel DQN (Gorila, Nair et al. 2015): each worker acts epsilon-greedily with its copy of
+the Q-network, learns from its own (local) or the shared (global) replay, and pushes
+gradients to the parameter store; target networks refresh every `target_update` global
+updates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from esrl import seeding
+from esrl.envs import EnvSpec
+from esrl.errors import InputError
+from esrl.rl import nets
+from esrl.rl.common import EnvSlots, NonFiniteError, Report, evaluate_greedy
+from esrl.rl.replay import Replay
+
+
+def td_gradient(q: nets.QNet, target: nets.QNet, batch: tuple[torch.Tensor, ...], gamma: float, double: bool,
+                max_grad_norm: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat, norm-clipped gradient of the Huber TD loss on a batch, and the loss."""
+    obs, action, reward, next_obs, done = batch
+    with torch.no_grad():
+        next_q = target(next_obs)
+        if double:
+            best = q(next_obs).argmax(-1, keepdim=True)
+            next_v = next_q.gather(-1, best).squeeze(-1)
+        else:
+            next_v = next_q.max(-1).values
+        y = reward + gamma * (1.0 - done) * next_v
+    pred = q(obs).gather(-1, action.unsqueeze(-1)).squeeze(-1)
+    loss = F.smooth_l1_loss(pred, y)
+    grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(q.parameters()))])
+    if max_grad_norm > 0:
+        norm = grad.norm()
+        if norm > max_grad_norm:
+            grad.mul_(max_grad_norm / norm)
+    return grad, loss.detach()
+
+
+@dataclass(frozen=True)
+class DQNSetup:
+    """What a DQN worker builds itself from; `attach` adds the run's shared replay."""
+
+    cfg: Any  # DQNConfig, or DynaQConfig for Dyna-Q's actor
+    spec: EnvSpec
+    seed: int
+    workers: int = 1
+    replay: Replay | None = None
+
+    def attach(self, ctx: Any, workers: int) -> DQNSetup:
+        shared = Replay(self.cfg.buffer_size, self.spec.obs_dim, ctx, shared=True) if self.cfg.replay == "global" \
+            else None
+        return dataclasses.replace(self, workers=workers, replay=shared)
+
+    def build_model(self) -> nets.QNet:
+        if not self.spec.discrete:
+            raise InputError("env", f"{self.spec.env_id} has continuous actions; DQN needs a Discrete action space")
+        return nets.seeded(self.seed, "dqn_init", nets.QNet, self.spec, self.cfg.hidden)  # type: ignore[return-value]
+
+    def build_worker(self, index: int, client: Any) -> Any:
+        return DQNWorker(self, index, client)
+
+    def act_greedy(self, params: torch.Tensor) -> Any:
+        q = self.build_model()
+        nets.set_flat(q, params)
+        return lambda x: q(x).argmax(-1).numpy()
+
+    def evaluate(self, params: torch.Tensor, seeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return evaluate_greedy(self.spec, self.act_greedy(params), seeds)
+
+
+class QLearner:
+    """A local Q-network and target synced from the store: `learn(batch)` pushes one TD gradient."""
+
+    def __init__(self, setup: DQNSetup, index: int, client: Any) -> None:
+        self.cfg, self.wid, self.client = setup.cfg, index, client
+        self.q = setup.build_model()
+        self.target = setup.build_model()
+        self.flat = nets.get_flat(self.q).clone()
+        self.updates = 0
+        self.target_epoch = -1
+
+    def learn(self, batch: tuple[torch.Tensor, ...], report: Report, name: str = "td") -> None:
+        """Pull, refresh the target when due, push the TD gradient of `batch`."""
+        version = self.client.pull(self.flat)
+        nets.set_flat(self.q, self.flat)
+        epoch = version // self.cfg.target_update
+        if epoch != self.target_epoch:
+            nets.set_flat(self.target, self.flat)
+            self.target_epoch = epoch
+        grad, loss = td_gradient(self.q, self.target, batch, self.cfg.gamma, self.cfg.double, self.cfg.max_grad_norm)
+        self.updates += 1
+        if not (torch.isfinite(loss) and torch.isfinite(grad).all()):
+            raise NonFiniteError(f"worker {self.wid}, update {self.updates}: non-finite TD loss or gradient")
+        self.client.push(grad, version)
+        report.updates += 1
+        report.add_loss(**{name: float(loss)})
+
+
+class DQNWorker:
+    """One actor-learner: `step()` acts `n_steps` per env, then makes one update once replay is warm."""
+
+    role = "dqn"
+
+    def __init__(self, setup: DQNSetup, index: int, client: Any) -> None:
+        cfg = setup.cfg
+        self.setup, self.cfg, self.wid = setup, cfg, index
+        self.learner = QLearner(setup, index, client)
+        self.replay = setup.replay if setup.replay is not None else Replay(cfg.buffer_size, setup.spec.obs_dim)
+        self.envs = EnvSlots(setup.spec, cfg.envs_per_worker, setup.seed, f"{self.role}_episode", index)
+        self.rng = seeding.rng(setup.seed, f"{self.role}_explore", index)
+        self.gen = torch.Generator().manual_seed(seeding.derive_int(setup.seed, f"{self.role}_sample", index))
+        n = max(1, setup.workers - 1)
+        self.eps_final = cfg.eps_final ** (1 + index / n) if setup.workers > 1 else cfg.eps_final
+        self.steps = 0
+
+    @property
+    def updates(self) -> int:
+        return self.learner.updates
+
+    def epsilon(self) -> float:
+        frac = min(1.0, self.steps / self.cfg.eps_decay_steps)
+        return float(self.cfg.eps_start + frac * (self.eps_final - self.cfg.eps_start))
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            greedy = self.learner.q(torch.from_numpy(obs)).argmax(-1).numpy()
+        explore = self.rng.random(len(obs)) < self.epsilon()
+        return np.where(explore, self.rng.integers(0, self.setup.spec.act_dim, len(obs)), greedy)
+
+    def collect(self, report: Report) -> None:
+        """n_steps env steps per env, their transitions into replay."""
+        for _ in range(self.cfg.n_steps):
+            obs = self.envs.obs.copy()
+            actions = self.act(obs)
+            finals: dict[int, np.ndarray] = {}
+            nxt, rewards, terminal = self.envs.step(actions.tolist(), report, finals.__setitem__)
+            for i, final in finals.items():  # truncated: the true next state, not the reset one
+                nxt[i] = final
+            self.replay.add(obs, actions, rewards, nxt, terminal.astype(np.float32))
+            self.steps += len(obs)
+            report.counts["real_transitions"] = report.counts.get("real_transitions", 0) + len(obs)
+
+    def step(self) -> Report:
+        report = Report()
+        self.collect(report)
+        if len(self.replay) >= self.cfg.learning_starts:
+            self.learner.learn(self.replay.sample(self.cfg.batch_size, self.gen), report)
+        return report

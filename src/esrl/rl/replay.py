@@ -1,0 +1,59 @@
+"""Replay memories: a ring buffer of transitions, in local memory or in shared memory."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+
+class Replay:
+    """Ring buffer of (obs, action, reward, next_obs, done) as torch tensors.
+
+    `shared=True` puts the tensors in shared memory and guards writes with a lock, so that
+    all workers of a run add to and sample from one memory (the `global` replay).
+    """
+
+    def __init__(self, capacity: int, obs_dim: int, ctx: Any = None, shared: bool = False) -> None:
+        self.capacity = capacity
+        self.obs = torch.zeros(capacity, obs_dim)
+        self.next_obs = torch.zeros(capacity, obs_dim)
+        self.action = torch.zeros(capacity, dtype=torch.long)
+        self.reward = torch.zeros(capacity)
+        self.done = torch.zeros(capacity)
+        self._pos = ctx.Value("q", 0) if shared else None  # total ever added (atomic when shared)
+        self._lock = ctx.Lock() if shared else None
+        self._added = 0
+        if shared:
+            for t in (self.obs, self.next_obs, self.action, self.reward, self.done):
+                t.share_memory_()
+
+    @property
+    def added(self) -> int:
+        return int(self._pos.value) if self._pos is not None else self._added
+
+    def __len__(self) -> int:
+        return min(self.added, self.capacity)
+
+    def add(self, obs: np.ndarray, action: np.ndarray, reward: np.ndarray, next_obs: np.ndarray,
+            done: np.ndarray) -> None:
+        """Add a batch of transitions (first axis = transitions)."""
+        n = len(obs)
+        if self._lock is not None and self._pos is not None:
+            with self._lock:
+                start = int(self._pos.value)
+                self._write(start, obs, action, reward, next_obs, done)
+                self._pos.value = start + n
+        else:
+            self._write(self._added, obs, action, reward, next_obs, done)
+            self._added += n
+
+    def _write(self, start: int, *cols: np.ndarray) -> None:
+        idx = torch.arange(start, start + len(cols[0])) % self.capacity
+        for dst, src in zip((self.obs, self.action, self.reward, self.next_obs, self.done), cols, strict=True):
+            dst[idx] = torch.as_tensor(np.asarray(src), dtype=dst.dtype)
+
+    def sample(self, n: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+        idx = torch.randint(0, len(self), (n,), generator=gen)
+        return self.obs[idx], self.action[idx], self.reward[idx], self.next_obs[idx], self.done[idx]
