@@ -64,7 +64,7 @@ def test_replay_ring_and_shared():
                     np.full((1, 2), k + 1, np.float32), np.array([0.0], np.float32))
         assert len(rep) == 4 and rep.added == 6
         assert sorted(rep.reward.tolist()) == [2.0, 3.0, 4.0, 5.0]  # the oldest two were overwritten
-        obs, act, r, nxt, done = rep.sample(16, torch.Generator().manual_seed(0))
+        obs, _act, r, nxt, _done = rep.sample(16, torch.Generator().manual_seed(0))
         assert torch.equal(nxt[:, 0], obs[:, 0] + 1) and set(r.tolist()) <= {2.0, 3.0, 4.0, 5.0}
 
 
@@ -146,6 +146,6 @@ def test_global_replay_is_one_memory_for_all_workers():
     for w in (a, b):
         for _ in range(5):
             w.collect(Report())
-    assert a.replay is b.replay and a.replay.added == 10
+    assert a.replay is b.replay and a.replay.added == 2 * 5 * setup.cfg.n_steps
     c, d = local.build_worker(0, None), local.build_worker(1, None)
     assert c.replay is not d.replay

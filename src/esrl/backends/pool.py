@@ -124,14 +124,14 @@ class ProcessPool:
 
     def poll(self, timeout: float) -> list[Any]:
         """Reports that arrived within `timeout` seconds; handles deaths and worker errors."""
-        conns = {c: wid for wid, (_, c) in self._procs.items()}
-        sentinels = {p.sentinel: wid for wid, (p, _) in self._procs.items()}
+        owners: dict[Any, tuple[int, Any]] = {c: (wid, p) for wid, (p, c) in self._procs.items()}
+        owners.update({p.sentinel: (wid, p) for wid, (p, _) in self._procs.items()})
         reports = []
-        for ready in wait([*conns, *sentinels], timeout=timeout):
-            wid = conns[ready] if ready in conns else sentinels[ready]
-            if wid not in self._procs:
-                continue
-            proc, conn = self._procs[wid]
+        for ready in wait(list(owners), timeout=timeout):
+            wid, owner = owners[ready]
+            if wid not in self._procs or self._procs[wid][0] is not owner:
+                continue  # that worker already died and was replaced within this batch
+            _proc, conn = self._procs[wid]
             if ready is conn:
                 try:
                     kind, _, *body = pickle.loads(conn.recv_bytes())
@@ -144,7 +144,7 @@ class ProcessPool:
                     reports.extend(self._take(*body))
                 else:
                     raise WorkerFailure(body[0], nonfinite=(kind == "nonfinite"))
-            elif not proc.is_alive() or ready in sentinels:
+            else:
                 self._died(wid)
         return reports
 
