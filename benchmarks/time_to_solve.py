@@ -1,15 +1,17 @@
-"""ES time-to-threshold over seeds at 1 and 2 workers, and the speedup from the second worker.
+"""Time-to-threshold over seeds, per algorithm, sync mode and worker count; optionally beside
+Stable-Baselines3 A2C and DQN measured in the same run on the same machine.
 
-Each (seed, workers) pair is a fresh `esrl.train.train` run with the `processes` backend and default ES
-hyperparameters (ESConfig()), stopping at the first evaluation at or above the target or at --max-seconds.
-Time-to-threshold is the run's own wall-clock `time_to_threshold_s` (setup included). Seeds are interleaved
-across worker counts so machine drift affects both alike.
+Each combination is a fresh run with default hyperparameters on the `processes` backend,
+stopping at the first evaluation (mean of 10 noiseless episodes) at or above the target, or
+at --max-seconds. Time-to-threshold is the run's own `time_to_threshold_s`: worker start-up
+and evaluation included. Seeds are interleaved across configurations so that machine drift
+affects all alike.
 
-Prints one JSON line per run and one summary line per worker count: solved count, median time-to-threshold
-(unsolved runs count as infinitely slow; null when the median is unsolved) and the speedup
-median(fewest workers) / median(this count). Progress goes to stderr. Run:
-    .venv/bin/python benchmarks/time_to_solve.py [--env CartPole-v1] [--target 475] [--seeds 5] [--workers 1 2]
-        [--max-seconds 60] [--quick]
+Prints one JSON line per run and one summary line per configuration: solved count, median
+time-to-threshold (unsolved runs count as infinitely slow; null when the median is unsolved)
+and, per algorithm, the speedup median(fewest workers) / median(this count). Run:
+    .venv/bin/python benchmarks/time_to_solve.py [--algos es,a3c,dqn,dynaq] [--sync hogwild,lock,param-server]
+        [--env CartPole-v1] [--target 475] [--seeds 5] [--workers 1 2] [--max-seconds 60] [--sb3] [--quick]
 """
 
 from __future__ import annotations
@@ -21,52 +23,77 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
-from esrl.config import ESConfig, RunConfig
-from esrl.train import train
+from esrl.config import ALGORITHMS, RunConfig
 
 
 def emit(**record: object) -> None:
     print(json.dumps(record), flush=True)
 
 
-def solve(env: str, target: float, seed: int, workers: int, max_seconds: float) -> dict:
-    print(f"run: env={env} seed={seed} workers={workers}", file=sys.stderr, flush=True)
+def solve(algo: str, sync: str | None, env: str, target: float, seed: int, workers: int, max_seconds: float
+          ) -> dict[str, Any]:
+    print(f"run: {algo} sync={sync} env={env} seed={seed} workers={workers}", file=sys.stderr, flush=True)
+    cfg = ALGORITHMS[algo]() if sync is None else ALGORITHMS[algo](sync=sync)
     with tempfile.TemporaryDirectory() as tmp:
         run = RunConfig(env=env, seed=seed, backend="processes", workers=workers, target_return=target,
                         max_seconds=max_seconds, run_dir=str(Path(tmp) / "run"))
-        return train(run, ESConfig(), show_progress=False)
+        if algo == "es":
+            from esrl.train import train
+
+            return train(run, cfg, show_progress=False)
+        from esrl.train_rl import train_rl
+
+        return train_rl(algo, run, cfg, show_progress=False)
+
+
+def summarize(times: list[float]) -> tuple[int, float | None]:
+    med = statistics.median(times)
+    return sum(math.isfinite(t) for t in times), (med if math.isfinite(med) else None)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--algos", default="es", help="comma-separated: es, a3c, dqn, dynaq")
+    parser.add_argument("--sync", default="hogwild", help="comma-separated sync modes for the RL algorithms")
     parser.add_argument("--env", default="CartPole-v1")
     parser.add_argument("--target", type=float, default=475.0, help="evaluation return that counts as solved")
     parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts to compare")
     parser.add_argument("--max-seconds", type=float, default=60.0, help="wall-clock budget per run")
+    parser.add_argument("--sb3", action="store_true", help="also time Stable-Baselines3 A2C and DQN (needs [bench])")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 12 s budget per run")
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.max_seconds = 1, 12.0
 
-    times: dict[int, list[float]] = {w: [] for w in args.workers}
+    configs: list[tuple[str, str | None, int]] = []
+    for algo in args.algos.split(","):
+        syncs = [None] if algo == "es" else args.sync.split(",")
+        configs += [(algo, s, w) for s in syncs for w in args.workers]
+    if args.sb3:
+        configs += [("sb3-a2c", None, 1), ("sb3-dqn", None, 1)]
+    times: dict[tuple[str, str | None, int], list[float]] = {c: [] for c in configs}
     for seed in range(args.seeds):
-        for workers in args.workers:
-            s = solve(args.env, args.target, seed, workers, args.max_seconds)
-            emit(bench="time_to_solve", env=args.env, target=args.target, workers=workers, seed=seed,
-                 solved=s["solved"], time_to_threshold_s=s["time_to_threshold_s"], iterations=s["iterations"],
-                 env_steps=s["env_steps"], episodes=s["episodes"], wall_s=s["wall_s"])
-            times[workers].append(s["time_to_threshold_s"] if s["solved"] else math.inf)
+        for algo, sync, workers in configs:
+            if algo.startswith("sb3-"):
+                from sb3_baseline import time_to_solve
 
-    medians = {w: statistics.median(ts) for w, ts in times.items()}
-    base = medians[min(args.workers)]
-    for w in args.workers:
-        m = medians[w]
-        emit(bench="time_to_solve_summary", env=args.env, target=args.target, workers=w, seeds=args.seeds,
-             max_seconds=args.max_seconds, solved=sum(math.isfinite(t) for t in times[w]),
-             median_time_to_threshold_s=m if math.isfinite(m) else None,
-             speedup_vs_fewest_workers=base / m if math.isfinite(base) and math.isfinite(m) else None)
+                s = time_to_solve(algo[4:], args.env, args.target, seed, args.max_seconds)
+            else:
+                s = solve(algo, sync, args.env, args.target, seed, workers, args.max_seconds)
+            emit(bench="time_to_solve", algo=algo, sync=sync, env=args.env, target=args.target, workers=workers,
+                 seed=seed, solved=s["solved"], time_to_threshold_s=s["time_to_threshold_s"],
+                 env_steps=s.get("env_steps"), wall_s=s["wall_s"], best_eval_return=s.get("best_eval_return"))
+            times[(algo, sync, workers)].append(s["time_to_threshold_s"] if s["solved"] else math.inf)
+    for (algo, sync, workers), ts in times.items():
+        solved, med = summarize(ts)
+        base = times.get((algo, sync, min(args.workers)))
+        base_med = summarize(base)[1] if base else None
+        emit(bench="time_to_solve_summary", algo=algo, sync=sync, env=args.env, target=args.target, workers=workers,
+             seeds=args.seeds, max_seconds=args.max_seconds, solved=solved, median_time_to_threshold_s=med,
+             speedup_vs_fewest_workers=(base_med / med) if (base_med and med) else None)
 
 
 if __name__ == "__main__":
