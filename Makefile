@@ -34,7 +34,8 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/es_throughput.py
-	$(BIN)/python benchmarks/time_to_solve.py
+	$(BIN)/python benchmarks/time_to_solve.py --algos es,a3c,dqn
+	$(BIN)/python benchmarks/rl_throughput.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
