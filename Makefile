@@ -14,11 +14,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The main job end to end on the embedded default (local processes, all cores).
+# The main job end to end on the embedded default (local processes): ES against A3C on
+# CartPole-v1 at 1 and 2 workers, 2 seeds each, then the scaling report.
 demo: $(STAMP)
-	$(BIN)/esrl train es --env CartPole-v1 --seed 0 --target-return 475 --max-seconds 60 --run-dir runs/demo --overwrite
-	$(BIN)/esrl evaluate runs/demo --episodes 10
-	@echo "demo run directory: runs/demo (config.json, metrics.jsonl, checkpoints/, summary.json)"
+	rm -rf sweeps/demo
+	$(BIN)/esrl sweep --algos es,a3c --env CartPole-v1 --workers 1,2 --seeds 2 --backend processes \
+		--max-seconds 60 --out sweeps/demo
+	$(BIN)/esrl report sweeps/demo
 
 # The default suite (under 15 minutes on 2 cores). pytest's exit code 5 (no tests) is not a failure.
 test: $(STAMP)

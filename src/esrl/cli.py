@@ -56,6 +56,23 @@ def _parser() -> argparse.ArgumentParser:
     rs.add_argument("--quiet", action="store_true", help="no progress display")
     _add_overrides(rs)
 
+    sw = sub.add_parser("sweep", help="run algorithms x workers x seeds; a restarted sweep skips finished runs")
+    sw.add_argument("--algos", help="comma-separated algorithms [default: es,a3c]")
+    sw.add_argument("--env", help="Gymnasium id [default: CartPole-v1]")
+    sw.add_argument("--workers", help="comma-separated worker counts [default: 1,2]")
+    sw.add_argument("--seeds", type=int, help="seeds 0..N-1 per combination [default: 3]")
+    sw.add_argument("--backend", choices=["serial", "processes"], help="[default: processes]")
+    sw.add_argument("--target-return", type=float, help="[default: the env's reward_threshold]")
+    sw.add_argument("--max-seconds", type=float, help="budget per run [default: 60]")
+    sw.add_argument("--config", help="YAML/TOML file: the options above plus `settings: {algo: {key: value}}`")
+    sw.add_argument("--out", required=True, help="sweep directory")
+    sw.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    rp = sub.add_parser("report", help="write report.md, report.html and plots for a sweep directory")
+    rp.add_argument("sweep_dir", help="sweep directory")
+    rp.add_argument("--bandwidth-gbit", type=float, default=1.0, help="scaling model: hub bandwidth [default: 1]")
+    rp.add_argument("--latency-us", type=float, default=100.0, help="scaling model: latency per message [default: 100]")
+
     ev = sub.add_parser("evaluate", help="evaluate a run's latest checkpoint")
     ev.add_argument("run_dir", help="run directory")
     ev.add_argument("--episodes", type=int, default=10, help="episodes to run [default: 10]")
@@ -119,6 +136,43 @@ def _resume(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from esrl.experiments.sweep import SweepSpec, sweep
+
+    values: dict[str, Any] = config.load_file(args.config) if args.config else {}
+    for key in ("algos", "workers"):
+        v = getattr(args, key)
+        if v is not None:
+            values[key] = v
+    for key in ("env", "seeds", "backend", "target_return", "max_seconds"):
+        if getattr(args, key) is not None:
+            values[key] = getattr(args, key)
+    if isinstance(values.get("algos"), str):
+        values["algos"] = [a.strip() for a in values["algos"].split(",") if a.strip()]
+    if isinstance(values.get("workers"), str):
+        try:
+            values["workers"] = [int(w) for w in values["workers"].split(",")]
+        except ValueError:
+            raise InputError("workers", f"not a list of integers: {values['workers']!r}") from None
+    values.setdefault("algos", ["es", "a3c"])
+    known = {f.name for f in dataclasses.fields(SweepSpec)}
+    for key in values:
+        if key not in known:
+            raise InputError(key, "unknown sweep setting", ", ".join(sorted(known)))
+    spec = SweepSpec(**values)
+    records = sweep(spec, args.out, show_progress=not args.quiet)
+    print(json.dumps({"out": args.out, "runs": records}, indent=2))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from esrl.experiments.report import report
+
+    out = report(args.sweep_dir, bandwidth=args.bandwidth_gbit * 1e9 / 8, latency=args.latency_us * 1e-6)
+    print(f"report: {out['report_md']}\nreport: {out['report_html']}")
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from esrl.evaluate import evaluate
 
@@ -149,6 +203,10 @@ def main(argv: list[str] | None = None) -> int:
             return _train(args)
         if args.command == "resume":
             return _resume(args)
+        if args.command == "sweep":
+            return _sweep(args)
+        if args.command == "report":
+            return _report(args)
         return _evaluate(args)
     except InputError as exc:
         print(f"esrl: error: {exc}", file=sys.stderr)

@@ -42,6 +42,12 @@ class RunConfig:
     stop_on_solve: bool = _f(True, "stop at the first evaluation at or above the target")
     run_dir: str = _f("", "run directory (default: runs/<algo>-<env>-s<seed>)")
 
+    def budget_spent(self, iterations: int, elapsed_s: float, env_steps: int) -> bool:
+        """True once any budget that is set (non-zero) is used up."""
+        return bool((self.max_iterations and iterations >= self.max_iterations)
+                    or (self.max_seconds and elapsed_s >= self.max_seconds)
+                    or (self.max_env_steps and env_steps >= self.max_env_steps))
+
     def validate(self) -> None:
         _check(self.backend in ("serial", "processes"), "backend", f"unknown backend {self.backend!r}", "serial, processes")
         _check(self.workers >= 0, "workers", f"must be >= 0, got {self.workers}", "0 (all cores) or a positive count")
@@ -152,34 +158,21 @@ class DQNConfig:
 
 
 @dataclass
-class DynaQConfig:
-    """Parallel deep Dyna-Q: one real-environment actor, planners learning from a shared world model."""
+class DynaQConfig(DQNConfig):
+    """Parallel deep Dyna-Q: one real-environment actor, planners learning from a shared world model.
 
-    sync: str = _f("hogwild", "how the actor and planners share the Q-network", ("hogwild", "lock", "param-server"))
-    shards: int = _f(1, "parameter-server shards (param-server only)")
+    Worker 0 acts (with DQN's settings and epsilon schedule); workers 1..N-1 plan.
+    """
+
     replay: str = _f("global", "real transitions are shared with the planners", ("global",))
-    optimizer: str = _f("adam", "shared optimizer", ("adam", "rmsprop", "sgd"))
-    lr: float = _f(5e-4, "learning rate")
-    gamma: float = _f(0.99, "discount")
-    n_steps: int = _f(1, "real env steps per actor update")
-    batch_size: int = _f(64, "transitions per gradient (real or simulated)")
-    buffer_size: int = _f(50_000, "real-transition replay capacity")
-    learning_starts: int = _f(1_000, "real transitions before the first update")
-    target_update: int = _f(100, "global updates between target-network refreshes")
-    double: bool = _f(True, "double DQN targets")
-    eps_start: float = _f(1.0, "initial exploration epsilon of the actor")
-    eps_final: float = _f(0.05, "final epsilon of the actor")
-    eps_decay_steps: int = _f(5_000, "real env steps of linear epsilon decay")
-    max_grad_norm: float = _f(10.0, "clip gradients to this L2 norm (0 = no clipping)")
-    hidden: tuple[int, ...] = _f((128, 128), "Q-network hidden layer sizes")
     model_hidden: tuple[int, ...] = _f((128, 128), "world-model hidden layer sizes")
     model_lr: float = _f(1e-3, "world-model learning rate")
     planning_ratio: float = _f(1.0, "simulated transitions per real transition (0 = no planning)")
-    envs_per_worker: int = _f(1, "real envs the actor steps together")
-    report_every: int = _f(500, "global Q updates per metrics line (one 'iteration')")
 
     def validate(self) -> None:
         _validate_dqn(self)
+        _check(self.replay == "global", "replay", f"Dyna-Q's planners need the shared replay, got {self.replay!r}",
+               "global")
         _check(self.planning_ratio >= 0, "planning_ratio", f"must be >= 0, got {self.planning_ratio}")
         _check(self.model_lr > 0, "model_lr", f"must be > 0, got {self.model_lr}")
         _check(all(h > 0 for h in self.model_hidden), "model_hidden", f"sizes must be positive, got {self.model_hidden}")

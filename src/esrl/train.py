@@ -111,11 +111,7 @@ def train(run: RunConfig, cfg: ESConfig, overwrite: bool = False, resume: bool =
         backend.start(setup if worker_setup is None else worker_setup(setup), master.get_state)
         while True:
             t = master.iteration
-            if run.max_iterations and t >= run.max_iterations:
-                break
-            if run.max_seconds and elapsed() >= run.max_seconds:
-                break
-            if run.max_env_steps and counters.env_steps >= run.max_env_steps:
+            if run.budget_spent(t, elapsed(), counters.env_steps):
                 break
             it_start = time.perf_counter()
             before = backend.traffic.snapshot()

@@ -155,11 +155,7 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
                 if hit and run.stop_on_solve:
                     stop_reason = "solved"
                     break
-            if run.max_iterations and iteration >= run.max_iterations:
-                break
-            if run.max_seconds and elapsed() >= run.max_seconds:
-                break
-            if run.max_env_steps and counters.env_steps >= run.max_env_steps:
+            if run.budget_spent(iteration, elapsed(), counters.env_steps):
                 break
     except WorkerFailure as exc:
         stop_reason, failure = ("nonfinite" if exc.nonfinite else "worker_error"), str(exc)

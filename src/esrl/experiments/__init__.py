@@ -1,0 +1,1 @@
+"""Scaling experiments: sweeps over algorithms x workers x seeds, the report, the scaling model."""

@@ -1,0 +1,95 @@
+"""`esrl sweep`: every (algorithm, workers, seed) combination becomes a run directory.
+
+A sweep that is killed and started again skips runs that finished (their `summary.json`
+exists) and re-runs the rest from scratch. `sweep.json` records what the sweep asked for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from esrl import config
+from esrl.errors import InputError
+from esrl.runs.rundir import atomic_write
+
+
+@dataclass
+class SweepSpec:
+    """What a sweep runs: the grid and the settings shared by its runs."""
+
+    algos: list[str]
+    env: str = "CartPole-v1"
+    workers: list[int] = field(default_factory=lambda: [1, 2])
+    seeds: int = 3
+    backend: str = "processes"
+    target_return: float | None = None
+    max_seconds: float = 60.0
+    settings: dict[str, dict[str, Any]] = field(default_factory=dict)  # per algorithm: config overrides
+
+    def validate(self) -> None:
+        for a in self.algos:
+            if a not in config.ALGORITHMS:
+                raise InputError("algos", f"unknown algorithm {a!r}", ", ".join(config.ALGORITHMS))
+        if not self.workers or any(w < 1 for w in self.workers):
+            raise InputError("workers", f"need positive worker counts, got {self.workers}")
+        if self.seeds < 1:
+            raise InputError("seeds", f"must be >= 1, got {self.seeds}")
+        for a, values in self.settings.items():
+            if a not in self.algos:
+                raise InputError("settings", f"settings for {a!r}, which the sweep does not run", ", ".join(self.algos))
+            config.build(config.ALGORITHMS[a], values)  # unknown keys and bad types fail here, before any run
+
+    def runs(self) -> list[tuple[str, int, int]]:
+        return [(a, w, s) for s in range(self.seeds) for a in self.algos for w in self.workers]
+
+
+def run_name(algo: str, workers: int, seed: int) -> str:
+    return f"{algo}-w{workers}-s{seed}"
+
+
+
+
+def sweep(spec: SweepSpec, out: str | Path, show_progress: bool = True) -> list[dict[str, Any]]:
+    """Run (or finish) the sweep into `out`; returns one record per run."""
+    spec.validate()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "sweep.json", (json.dumps(dataclasses.asdict(spec), indent=2) + "\n").encode())
+    grid = spec.runs()
+    records = []
+    t0 = time.perf_counter()
+    for k, (algo, workers, seed) in enumerate(grid):
+        d = out / run_name(algo, workers, seed)
+        done = (d / "summary.json").is_file()
+        if show_progress:
+            print(f"sweep: {k} done, 1 running, {len(grid) - k - 1} left | {d.name}"
+                  f"{' (finished earlier, skipped)' if done else ''} | {time.perf_counter() - t0:.0f}s",
+                  file=sys.stderr, flush=True)
+        if done:
+            records.append({"run": d.name, "skipped": True})
+            continue
+        if d.exists():
+            shutil.rmtree(d)  # an unfinished run of an earlier, killed sweep: start it again
+        run = config.RunConfig(env=spec.env, seed=seed, backend=spec.backend, workers=workers,
+                               target_return=spec.target_return, max_seconds=spec.max_seconds, run_dir=str(d))
+        cfg = config.build(config.ALGORITHMS[algo], spec.settings.get(algo, {}))
+        if algo == "es":
+            from esrl.train import train
+
+            summary = train(run, cfg, show_progress=False)
+        else:
+            from esrl.train_rl import train_rl
+
+            summary = train_rl(algo, run, cfg, show_progress=False)
+        records.append({"run": d.name, "skipped": False, "solved": summary["solved"],
+                        "time_to_threshold_s": summary["time_to_threshold_s"]})
+    if show_progress:
+        print(f"sweep: {len(grid)} done, 0 running, 0 left | {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+    return records
