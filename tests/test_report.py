@@ -138,3 +138,22 @@ def test_sweep_bad_input(tmp_path):
                           str(tmp_path / "x")], capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and res.stderr.startswith("esrl: error: algos:")
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
+def test_html_report_renders_in_headless_chromium(tmp_path):
+    root = fake_sweep(tmp_path / "s")
+    out = report(root)
+    shot = tmp_path / "shot.png"
+    res = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                          "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                          "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,2600",
+                          f"--screenshot={shot}", Path(out["report_html"]).resolve().as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    assert shot.exists(), res.stderr[-500:]
+    import imageio.v3 as iio
+
+    img = iio.imread(shot)
+    assert img.shape[0] == 2600 and img.shape[1] == 1200
+    # the plots rendered: far from a blank page (plot lines and text make many distinct colors)
+    assert len(np.unique(img.reshape(-1, img.shape[-1])[:, :3], axis=0)) > 200

@@ -85,6 +85,9 @@ def plot(fits: dict[str, dict[str, float]], rows: list[dict[str, Any]], spec: di
 
 def describe(fits: dict[str, dict[str, float]], bandwidth: float, latency: float) -> str:
     lines = [f"## Scaling model ({bandwidth * 8 / 1e9:.3g} Gbit/s hub, {latency * 1e6:.0f} us per message)", "",
+             "T(n) = max(W c / n, W b(n) / B) + W m(n) L / n, fitted per algorithm from these runs (c: compute per "
+             "env step, b(n), m(n): bytes and messages per env step, linear in n; W: env steps to threshold). The "
+             "population and batch sizes stay as measured, so the prediction is for this task at these settings.", "",
              "| algorithm | compute us/step | bytes/step (+ per worker) | predicted S(64) | S(1024) | S(4096) |",
              "|---|---|---|---|---|---|"]
     for algo, f in fits.items():

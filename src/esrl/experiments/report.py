@@ -216,7 +216,7 @@ def plots(spec: dict[str, Any], rows: list[dict[str, Any]], records: list[RunRec
                                ("bytes_per_s", "Network load per second", "bytes per second")):
         fig, ax = _fig(title + " vs workers, by kind", "workers", ylabel + " (log)")
         for a, rs in by_algo.items():
-            kinds = sorted({k for r in rs for k in r[key]})
+            kinds = sorted({k for r in rs for k, v in r[key].items() if v > 0})  # kinds that moved nothing: omitted
             for k in kinds:
                 ys = [max(r[key].get(k, 0.0), 1e-1) for r in rs]
                 ax.plot([r["workers"] for r in rs], ys, marker="o", label=f"{a}: {k}")
@@ -234,8 +234,8 @@ def plots(spec: dict[str, Any], rows: list[dict[str, Any]], records: list[RunRec
         ax2.plot([r["workers"] for r in rs], [1e3 * r["time_per_episode_s"] for r in rs], marker="s", ls=":",
                  label=f"{a}: ms/episode")
     ax.set_xticks(workers)
-    ax.legend(loc="upper left", fontsize=7)
-    ax2.legend(loc="upper right", fontsize=7)
+    ax.legend(loc="center left", fontsize=7)
+    ax2.legend(loc="center right", fontsize=7)
     paths.append(_save(fig, out / "episodes.png"))
 
     for xkey, xlabel, fname in (("wall_s", "wall time (s)", "curves_time.png"),
@@ -310,7 +310,9 @@ def html(md_text: str, images: list[Path]) -> str:
         if in_table:
             body.append("</table>")
             in_table = False
-        if line.startswith("# "):
+        if line.startswith("## "):
+            body.append(f"<h2>{line[3:]}</h2>")
+        elif line.startswith("# "):
             body.append(f"<h1>{line[2:]}</h1>")
         elif line.startswith("- "):
             body.append(f"<li>{line[2:]}</li>")
