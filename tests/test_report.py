@@ -157,3 +157,17 @@ def test_html_report_renders_in_headless_chromium(tmp_path):
     assert img.shape[0] == 2600 and img.shape[1] == 1200
     # the plots rendered: far from a blank page (plot lines and text make many distinct colors)
     assert len(np.unique(img.reshape(-1, img.shape[-1])[:, :3], axis=0)) > 200
+
+
+def test_weak_scaling_keeps_es_per_worker_traffic_flat(tmp_path):
+    spec, records = load(fake_sweep(tmp_path / "s"))
+    f = model.fit(spec, records)["es"]
+    n = np.array([4096.0])
+    fixed = model.predict_speedup(f, n, 125e6, 1e-4)
+    weak = model.predict_speedup(f, n, 125e6, 1e-4, weak=True)
+    assert weak[0] > fixed[0]  # with the population growing with the workers ES keeps scaling
+    t_weak = model.predict_time(f, n, 125e6, 1e-4, weak=True)[0]
+    w, c = f["steps_to_threshold"], f["compute_s_per_step"]
+    b = f["bytes_per_step"] + 2 * f["bytes_per_step_per_worker"]  # per-worker terms as measured at 2 workers
+    m = f["messages_per_step"] + 2 * f["messages_per_step_per_worker"]
+    assert t_weak == pytest.approx(max(w * c / 4096, w * b / 125e6) + w * m * 1e-4 / 4096)

@@ -9,6 +9,11 @@ Per algorithm, from the sweep's runs:
 With a hub link of bandwidth B (bytes/s) that all traffic crosses and a per-message latency
 L, a run with n workers takes T(n) = max(W c / n, W b(n) / B) + W m(n) L / n: compute spreads
 over the workers, traffic through the hub does not. Speedup S(n) = T(1) / T(n).
+
+Two regimes: `fixed` keeps the measured batch (ES population) while workers grow, so each
+added worker adds its own per-iteration messages to the same env steps; `weak` grows the
+batch with the workers (the paper's setting: population proportional to workers), so the
+per-worker traffic per env step stays at its value for the largest measured worker count.
 """
 
 from __future__ import annotations
@@ -48,19 +53,24 @@ def fit(spec: dict[str, Any], records: list[Any]) -> dict[str, dict[str, float]]
         solved = [r.summary["env_steps"] for r in runs if r.solved]
         work = float(np.median(solved)) if solved else float(np.median(steps))
         out[algo] = {"compute_s_per_step": compute / total_steps, "bytes_per_step": b0, "bytes_per_step_per_worker": b1,
-                     "messages_per_step": m0, "messages_per_step_per_worker": m1, "steps_to_threshold": work}
+                     "messages_per_step": m0, "messages_per_step_per_worker": m1, "steps_to_threshold": work,
+                     "workers_measured": float(max(r.workers for r in runs))}
     return out
 
 
-def predict_time(f: dict[str, float], n: np.ndarray, bandwidth: float, latency: float) -> np.ndarray:
+def predict_time(f: dict[str, float], n: np.ndarray, bandwidth: float, latency: float, weak: bool = False
+                 ) -> np.ndarray:
     w = f["steps_to_threshold"]
-    b = f["bytes_per_step"] + f["bytes_per_step_per_worker"] * n
-    m = f["messages_per_step"] + f["messages_per_step_per_worker"] * n
+    per_worker = np.minimum(n, f["workers_measured"]) if weak else n
+    b = f["bytes_per_step"] + f["bytes_per_step_per_worker"] * per_worker
+    m = f["messages_per_step"] + f["messages_per_step_per_worker"] * per_worker
     return np.maximum(w * f["compute_s_per_step"] / n, w * b / bandwidth) + w * m * latency / n
 
 
-def predict_speedup(f: dict[str, float], n: np.ndarray, bandwidth: float, latency: float) -> np.ndarray:
-    return predict_time(f, np.ones(1), bandwidth, latency) / predict_time(f, n, bandwidth, latency)
+def predict_speedup(f: dict[str, float], n: np.ndarray, bandwidth: float, latency: float, weak: bool = False
+                    ) -> np.ndarray:
+    one = predict_time(f, np.ones(1), bandwidth, latency, weak)
+    return one / predict_time(f, n, bandwidth, latency, weak)
 
 
 def plot(fits: dict[str, dict[str, float]], rows: list[dict[str, Any]], spec: dict[str, Any], path: Path,
@@ -72,7 +82,10 @@ def plot(fits: dict[str, dict[str, float]], rows: list[dict[str, Any]], spec: di
     n = np.unique(np.logspace(0, 12, 200, base=2).astype(int)).astype(float)
     ax.plot(n, n, "k--", lw=1, label="ideal")
     for i, (algo, f) in enumerate(fits.items()):
-        ax.plot(n, predict_speedup(f, n, bandwidth, latency), color=f"C{i}", label=f"{algo}: model")
+        ax.plot(n, predict_speedup(f, n, bandwidth, latency), color=f"C{i}", label=f"{algo}: model, fixed batch")
+        if f["bytes_per_step_per_worker"] > 0 or f["messages_per_step_per_worker"] > 0:
+            ax.plot(n, predict_speedup(f, n, bandwidth, latency, weak=True), color=f"C{i}", ls=":",
+                    label=f"{algo}: model, batch grows with workers")
         pts = [(r["workers"], r["speedup"]) for r in rows if r["algo"] == algo and r.get("speedup")]
         if pts:
             x, y = zip(*pts, strict=True)
@@ -86,12 +99,15 @@ def plot(fits: dict[str, dict[str, float]], rows: list[dict[str, Any]], spec: di
 def describe(fits: dict[str, dict[str, float]], bandwidth: float, latency: float) -> str:
     lines = [f"## Scaling model ({bandwidth * 8 / 1e9:.3g} Gbit/s hub, {latency * 1e6:.0f} us per message)", "",
              "T(n) = max(W c / n, W b(n) / B) + W m(n) L / n, fitted per algorithm from these runs (c: compute per "
-             "env step, b(n), m(n): bytes and messages per env step, linear in n; W: env steps to threshold). The "
-             "population and batch sizes stay as measured, so the prediction is for this task at these settings.", "",
-             "| algorithm | compute us/step | bytes/step (+ per worker) | predicted S(64) | S(1024) | S(4096) |",
-             "|---|---|---|---|---|---|"]
+             "env step, b(n), m(n): bytes and messages per env step, linear in n; W: env steps to threshold). "
+             "'fixed batch' keeps the measured population; 'batch grows with workers' is the paper's setting, "
+             "where per-worker traffic per env step stays as measured at the largest worker count.", "",
+             "| algorithm | regime | compute us/step | bytes/step (+ per worker) | predicted S(64) | S(1024) | S(4096) |",
+             "|---|---|---|---|---|---|---|"]
     for algo, f in fits.items():
-        s = predict_speedup(f, np.array([64.0, 1024.0, 4096.0]), bandwidth, latency)
-        lines.append(f"| {algo} | {f['compute_s_per_step'] * 1e6:.3g} | {f['bytes_per_step']:.3g} "
-                     f"(+{f['bytes_per_step_per_worker']:.3g}) | {s[0]:.3g} | {s[1]:.3g} | {s[2]:.3g} |")
+        for weak in (False, True):
+            s = predict_speedup(f, np.array([64.0, 1024.0, 4096.0]), bandwidth, latency, weak)
+            lines.append(f"| {algo} | {'batch grows with workers' if weak else 'fixed batch'} | "
+                         f"{f['compute_s_per_step'] * 1e6:.3g} | {f['bytes_per_step']:.3g} "
+                         f"(+{f['bytes_per_step_per_worker']:.3g}) | {s[0]:.3g} | {s[1]:.3g} | {s[2]:.3g} |")
     return "\n".join(lines)
