@@ -1,0 +1,72 @@
+"""Batched torch envs against Gymnasium, step for step from identical states under identical actions."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from esrl.envs_torch import TORCH_ENVS, make_torch_env
+from esrl.errors import InputError
+
+# float32 internals in Gymnasium's MountainCarContinuous: compare it at float32 tolerance
+RTOL = {"MountainCarContinuous-v0": 1e-5}
+
+
+@pytest.mark.parametrize("env_id", sorted(TORCH_ENVS))
+def test_one_step_matches_gymnasium(env_id):
+    genv = gym.make(env_id).unwrapped
+    tenv = make_torch_env(env_id, 1)
+    rng = np.random.default_rng(0)
+    genv.reset(seed=1)
+    rtol = RTOL.get(env_id, 1e-12)
+    terminations = 0
+    for _ in range(400):
+        before = torch.tensor(np.asarray(genv.state, np.float64)).reshape(1, -1)
+        if tenv.discrete:
+            a = int(rng.integers(tenv.act_dim))
+            action, t_action = a, torch.tensor([a])
+        else:
+            action = rng.uniform(-3, 3, size=(tenv.act_dim,)).astype(np.float32)
+            t_action = torch.tensor(action[None].astype(np.float64))
+        obs, r, term, _, _ = genv.step(action)
+        nxt, t_r, t_term = tenv.dynamics(before, t_action)
+        np.testing.assert_allclose(tenv.observe(nxt)[0].numpy(), np.asarray(obs, np.float64), rtol=max(rtol, 1e-6),
+                                   atol=1e-7)
+        np.testing.assert_allclose(nxt[0].numpy(), np.asarray(genv.state, np.float64), rtol=rtol, atol=1e-12)
+        assert float(t_r[0]) == pytest.approx(float(r), rel=max(rtol, 1e-12), abs=1e-9)
+        assert bool(t_term[0]) == term
+        if term:
+            terminations += 1
+            genv.reset(seed=int(rng.integers(1000)))
+    if env_id == "CartPole-v1":
+        assert terminations > 5  # the comparison crossed many terminations
+
+
+@pytest.mark.parametrize("env_id", sorted(TORCH_ENVS))
+def test_batch_contract_time_limit_and_auto_reset(env_id):
+    env = make_torch_env(env_id, 4, seed=3)
+    obs = env.reset()
+    assert obs.shape == (4, env.obs_dim)
+    action = torch.zeros(4, dtype=torch.long) if env.discrete else torch.zeros(4, env.act_dim, dtype=torch.float64)
+    if env_id == "MountainCar-v0":
+        action += 1  # no push: the car never reaches the goal, every episode is truncated
+    seen_trunc = False
+    for t in range(env.max_episode_steps):
+        obs, r, term, trunc, info = env.step(action)
+        assert obs.shape == (4, env.obs_dim) and r.shape == (4,)
+        assert not bool((term & trunc).any())
+        if bool(trunc.any()):
+            seen_trunc = True
+            assert t == env.max_episode_steps - 1 or bool(term.any()) is False
+            assert "final_obs" in info
+            assert bool((env.elapsed[trunc] == 0).all())  # auto-reset
+    if env_id != "CartPole-v1":  # CartPole with a constant push terminates long before the limit
+        assert seen_trunc
+
+
+def test_same_seed_same_batch_and_unknown_env():
+    a, b = make_torch_env("CartPole-v1", 8, seed=5), make_torch_env("CartPole-v1", 8, seed=5)
+    assert torch.equal(a.reset(), b.reset())
+    assert not torch.equal(a.reset(), make_torch_env("CartPole-v1", 8, seed=6).reset())
+    with pytest.raises(InputError, match="^env: "):
+        make_torch_env("Humanoid-v5", 2)
