@@ -68,5 +68,5 @@ def test_same_seed_same_batch_and_unknown_env():
     a, b = make_torch_env("CartPole-v1", 8, seed=5), make_torch_env("CartPole-v1", 8, seed=5)
     assert torch.equal(a.reset(), b.reset())
     assert not torch.equal(a.reset(), make_torch_env("CartPole-v1", 8, seed=6).reset())
-    with pytest.raises(InputError, match="^env: "):
+    with pytest.raises(InputError, match=r"^env: "):
         make_torch_env("Humanoid-v5", 2)

@@ -29,7 +29,9 @@ class RunConfig:
 
     env: str = _f("CartPole-v1", "Gymnasium environment id")
     seed: int = _f(0, "run seed; every random stream derives from it")
-    backend: str = _f("processes", "where the work runs", ("serial", "processes"))
+    backend: str = _f("processes", "where the work runs (vectorized: ES only, batched torch envs on --device)",
+                      ("serial", "processes", "vectorized"))
+    device: str = _f("auto", "torch device of the vectorized backend", ("cpu", "cuda", "auto"))
     workers: int = _f(0, "worker processes (0 = number of CPU cores)")
     target_return: float | None = _f(None, "evaluation return that counts as solved (default: the env's reward_threshold)")
     max_seconds: float = _f(600.0, "wall-clock budget in seconds (0 = none)")
@@ -49,7 +51,14 @@ class RunConfig:
                     or (self.max_env_steps and env_steps >= self.max_env_steps))
 
     def validate(self) -> None:
-        _check(self.backend in ("serial", "processes"), "backend", f"unknown backend {self.backend!r}", "serial, processes")
+        _check(self.backend in ("serial", "processes", "vectorized"), "backend", f"unknown backend {self.backend!r}",
+               "serial, processes, vectorized")
+        _check(self.device in ("cpu", "cuda", "auto"), "device", f"unknown device {self.device!r}", "cpu, cuda, auto")
+        if self.device == "cuda":
+            import torch
+
+            _check(torch.cuda.is_available(), "device", "cuda was asked for but no CUDA device is available",
+                   "cpu, auto")
         _check(self.workers >= 0, "workers", f"must be >= 0, got {self.workers}", "0 (all cores) or a positive count")
         _check(self.max_seconds >= 0, "max_seconds", f"must be >= 0, got {self.max_seconds}")
         _check(self.max_iterations >= 0, "max_iterations", f"must be >= 0, got {self.max_iterations}")

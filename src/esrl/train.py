@@ -16,6 +16,7 @@ import numpy as np
 from esrl import __version__, envs
 from esrl.backends import default_workers, make_backend
 from esrl.config import ESConfig, RunConfig, to_dict
+from esrl.errors import InputError
 from esrl.es import algorithm as es
 from esrl.progress import Progress
 from esrl.runs import checkpoint
@@ -49,6 +50,14 @@ def resolve_target(run: RunConfig, spec: envs.EnvSpec) -> float | None:
     return None if thr is None else float(thr)
 
 
+def _device(name: str) -> str:
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def default_run_dir(run: RunConfig) -> str:
     return f"runs/{ALGORITHM}-{run.env}-s{run.seed}"
 
@@ -65,7 +74,15 @@ def train(run: RunConfig, cfg: ESConfig, overwrite: bool = False, resume: bool =
     run_dir_path = run.run_dir or default_run_dir(run)
     spec = envs.spec_of(run.env)
     target = resolve_target(run, spec)
-    setup = es.ESSetup(cfg, spec, run.seed)
+    setup: es.ESSetup = es.ESSetup(cfg, spec, run.seed)
+    if run.backend == "vectorized":
+        from esrl.envs_torch import TORCH_ENVS
+        from esrl.es.vectorized import ESTorchSetup
+
+        if run.env not in TORCH_ENVS:
+            raise InputError("env", f"the vectorized backend has no batched torch version of {run.env!r}",
+                             ", ".join(TORCH_ENVS))
+        setup = ESTorchSetup(cfg, spec, run.seed, device=_device(run.device))
 
     state: dict[str, Any] | None = None
     counters = Counters()
@@ -84,12 +101,12 @@ def train(run: RunConfig, cfg: ESConfig, overwrite: bool = False, resume: bool =
         master = setup.build()  # the noise table is built before workers fork: they share it
         rd = RunDir.create(run_dir_path, overwrite)
     run = dataclasses.replace(run, run_dir=str(rd.path))
-    workers = 1 if run.backend == "serial" else (run.workers or default_workers())
+    workers = 1 if run.backend in ("serial", "vectorized") else (run.workers or default_workers())
     rd.write_json("config.json", {"algorithm": ALGORITHM, "esrl_version": __version__, "run": to_dict(run),
                                   "es": to_dict(cfg), "resolved": {"target_return": target, "workers": workers,
                                   "num_params": master.dim, "noise_table_size": master.table_size}})
 
-    backend = make_backend(run.backend, workers)
+    backend = make_backend("serial" if run.backend == "vectorized" else run.backend, workers)
     progress = Progress(show_progress)
     offset = counters.elapsed_s
 

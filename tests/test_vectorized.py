@@ -1,0 +1,49 @@
+"""ES on the vectorized backend: reproducible on a device, learning, and its input errors."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from esrl.config import RunConfig
+from esrl.errors import InputError
+from esrl.train import train
+from tests.conftest import det_metrics, final_state, tiny_es
+
+
+def vec_run(d, **kw):
+    base = RunConfig(env="CartPole-v1", seed=3, backend="vectorized", device="cpu", max_iterations=5, max_seconds=0,
+                     target_return=1e9, eval_episodes=3, run_dir=str(d))
+    return dataclasses.replace(base, **kw)
+
+
+def test_same_seed_same_theta_on_the_device(tmp_path):
+    cfg = tiny_es(population=32, obs_norm_fraction=0.3)
+    train(vec_run(tmp_path / "a"), cfg, show_progress=False)
+    train(vec_run(tmp_path / "b"), cfg, show_progress=False)
+    train(vec_run(tmp_path / "c", seed=4), cfg, show_progress=False)
+    assert np.array_equal(final_state(tmp_path / "a")["theta"], final_state(tmp_path / "b")["theta"])
+    assert np.array_equal(final_state(tmp_path / "a")["obs_sum"], final_state(tmp_path / "b")["obs_sum"])
+    assert det_metrics(tmp_path / "a") == det_metrics(tmp_path / "b") != det_metrics(tmp_path / "c")
+
+
+@pytest.mark.parametrize("env_id", ["Pendulum-v1", "MountainCarContinuous-v0", "MountainCar-v0"])
+def test_other_torch_envs_run(tmp_path, env_id):
+    s = train(vec_run(tmp_path / "r", env=env_id, max_iterations=2), tiny_es(population=8), show_progress=False)
+    assert s["env_steps"] > 0 and s["iterations"] == 2
+
+
+def test_vectorized_learns_cartpole(tmp_path):
+    s = train(vec_run(tmp_path / "r", target_return=475, max_iterations=0, max_seconds=60), tiny_es(hidden=(16,)),
+              show_progress=False)
+    assert s["solved"]
+
+
+def test_input_errors(tmp_path):
+    with pytest.raises(InputError, match="^env: .*batched torch"):
+        train(vec_run(tmp_path / "r", env="Acrobot-v1"), tiny_es(), show_progress=False)
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="^device: "):
+            train(vec_run(tmp_path / "r", device="cuda"), tiny_es(), show_progress=False)
+    assert not (tmp_path / "r").exists()
