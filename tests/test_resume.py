@@ -55,3 +55,24 @@ def test_resume_refuses_to_change_hyperparameters(tmp_path):
     _, err = res.communicate(timeout=60)
     assert res.returncode == 2 and err.strip().startswith("esrl: error: sigma:")
     assert (run / "metrics.jsonl").read_bytes() == before
+
+
+def test_sigterm_stops_at_an_iteration_boundary_and_resumes_bit_identically(tmp_path):
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    assert esrl("train", "es", *ARGS, "--checkpoint-every", "1000", "--run-dir", str(straight)).wait(120) == 0
+    proc = esrl("train", "es", *ARGS, "--checkpoint-every", "1000", "--run-dir", str(stopped))
+    metrics = stopped / "metrics.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 8):
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 130
+    assert json.loads((stopped / "summary.json").read_text())["stop_reason"] == "interrupted"
+    assert len(metrics.read_text().splitlines()) < 40
+    res = esrl("train", "--resume", str(stopped))
+    _, err = res.communicate(timeout=120)
+    assert res.returncode == 0, err
+    a, b = final_state(straight), final_state(stopped)
+    for key in a:
+        assert np.array_equal(a[key], b[key]), key
+    assert det_metrics(straight) == det_metrics(stopped)

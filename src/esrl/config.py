@@ -59,6 +59,7 @@ class RunConfig:
 
             _check(torch.cuda.is_available(), "device", "cuda was asked for but no CUDA device is available",
                    "cpu, auto")
+        _check(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
         _check(self.workers >= 0, "workers", f"must be >= 0, got {self.workers}", "0 (all cores) or a positive count")
         _check(self.max_seconds >= 0, "max_seconds", f"must be >= 0, got {self.max_seconds}")
         _check(self.max_iterations >= 0, "max_iterations", f"must be >= 0, got {self.max_iterations}")
@@ -193,6 +194,7 @@ def _validate_dqn(cfg: Any) -> None:
     _check(cfg.batch_size >= 1, "batch_size", f"must be >= 1, got {cfg.batch_size}")
     _check(cfg.buffer_size >= cfg.batch_size, "buffer_size", f"must be >= batch_size, got {cfg.buffer_size}")
     _check(cfg.learning_starts >= cfg.batch_size, "learning_starts", f"must be >= batch_size ({cfg.batch_size})")
+    _check(cfg.learning_starts <= cfg.buffer_size, "learning_starts", f"must be <= buffer_size ({cfg.buffer_size})")
     _check(cfg.target_update >= 1, "target_update", f"must be >= 1, got {cfg.target_update}")
     _check(0 <= cfg.eps_final <= cfg.eps_start <= 1, "eps_start/eps_final", "need 0 <= eps_final <= eps_start <= 1")
     _check(cfg.eps_decay_steps >= 1, "eps_decay_steps", f"must be >= 1, got {cfg.eps_decay_steps}")

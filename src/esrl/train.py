@@ -19,7 +19,7 @@ from esrl.config import ESConfig, RunConfig, to_dict
 from esrl.errors import InputError
 from esrl.es import algorithm as es
 from esrl.progress import Progress
-from esrl.runs import checkpoint
+from esrl.runs import checkpoint, interrupts
 from esrl.runs.rundir import RunDir
 
 ALGORITHM = "es"
@@ -124,77 +124,83 @@ def train(run: RunConfig, cfg: ESConfig, overwrite: bool = False, resume: bool =
     solved = counters.time_to_threshold_s is not None
     last: dict[str, Any] = {}
     stop_reason = "budget"
-    try:
-        backend.start(setup if worker_setup is None else worker_setup(setup), master.get_state)
-        while True:
-            t = master.iteration
-            if run.budget_spent(t, elapsed(), counters.env_steps):
-                break
-            it_start = time.perf_counter()
-            before = backend.traffic.snapshot()
-            n_eval = run.eval_episodes if t % run.eval_every == 0 else 0
-            results = es.gather(backend.run(es.tasks(t, cfg.population, n_eval, workers, cfg.chunk)), cfg.population, n_eval)
-            eval_return = float(results.eval_returns.mean()) if n_eval else None
-            counters.env_steps += int(results.lengths.sum() + results.eval_lengths.sum())
-            counters.episodes += cfg.population + n_eval
-            hit = eval_return is not None and target is not None and eval_return >= target
-            if eval_return is not None and math.isfinite(eval_return):
-                best = counters.best_eval_return
-                counters.best_eval_return = eval_return if best is None else max(best, eval_return)
-            if hit and not solved:
-                solved = True
-                counters.time_to_threshold_s = elapsed()
-            update, nonfinite = es.make_update(cfg, t, results, spec.max_episode_steps)
-            finishing = hit and run.stop_on_solve
-            step_cap = master.step_cap
-            update_norm = None
-            if not finishing:
-                backend.broadcast(update)
-                update_norm = master.apply(update)
-                if master.iteration % run.verify_every == 0:
-                    backend.verify(master.digest())
-            traffic = backend.traffic.since(before)
-            wall = time.perf_counter() - it_start
-            finite = results.returns[np.isfinite(results.returns)]
-            last = {
-                "iteration": t,
-                "wall_s": elapsed(),
-                "iteration_s": wall,
-                "env_steps": counters.env_steps,
-                "episodes": counters.episodes,
-                "return_mean": float(finite.mean()) if finite.size else None,
-                "return_max": float(finite.max()) if finite.size else None,
-                "return_min": float(finite.min()) if finite.size else None,
-                "eval_return": eval_return,
-                "unperturbed_rank": None if eval_return is None else es.unperturbed_rank(results.returns, eval_return),
-                "update_norm": update_norm,
-                "step_cap": step_cap,
-                "nonfinite_returns": nonfinite,
-                "steps_per_s": int(results.lengths.sum() + results.eval_lengths.sum()) / wall,
-                "bytes_sent": dict(traffic.sent),
-                "bytes_received": dict(traffic.received),
-                "bytes_sent_total": sum(traffic.sent.values()),
-                "bytes_received_total": sum(traffic.received.values()),
-                "messages": traffic.messages,
-                "compute_s": traffic.compute_s,
-                "wait_s": max(0.0, wall * backend.live_workers - traffic.compute_s),
-                "live_workers": backend.live_workers,
-                "events": [dict(e) for e in backend.events],
-            }
-            backend.events.clear()
-            rd.append_metrics(last)
-            progress.update(last, run.max_seconds, run.max_iterations)
-            if finishing:
-                stop_reason = "solved"
-                break
-            if master.iteration % run.checkpoint_every == 0:
-                save_checkpoint()
-    except KeyboardInterrupt:
-        stop_reason = "interrupted"
-    finally:
-        backend.close()
-        progress.close()
-    save_checkpoint()
+    hard_stop = False  # a second Ctrl-C: the state may be mid-update, keep the last periodic checkpoint
+    with interrupts.deferred():
+        try:
+            backend.start(setup if worker_setup is None else worker_setup(setup), master.get_state)
+            while True:
+                t = master.iteration
+                if interrupts.requested():
+                    stop_reason = "interrupted"
+                    break
+                if run.budget_spent(t, elapsed(), counters.env_steps):
+                    break
+                it_start = time.perf_counter()
+                before = backend.traffic.snapshot()
+                n_eval = run.eval_episodes if t % run.eval_every == 0 else 0
+                results = es.gather(backend.run(es.tasks(t, cfg.population, n_eval, workers, cfg.chunk)), cfg.population, n_eval)
+                eval_return = float(results.eval_returns.mean()) if n_eval else None
+                counters.env_steps += int(results.lengths.sum() + results.eval_lengths.sum())
+                counters.episodes += cfg.population + n_eval
+                hit = eval_return is not None and target is not None and eval_return >= target
+                if eval_return is not None and math.isfinite(eval_return):
+                    best = counters.best_eval_return
+                    counters.best_eval_return = eval_return if best is None else max(best, eval_return)
+                if hit and not solved:
+                    solved = True
+                    counters.time_to_threshold_s = elapsed()
+                update, nonfinite = es.make_update(cfg, t, results, spec.max_episode_steps)
+                finishing = hit and run.stop_on_solve
+                step_cap = master.step_cap
+                update_norm = None
+                if not finishing:
+                    backend.broadcast(update)
+                    update_norm = master.apply(update)
+                    if master.iteration % run.verify_every == 0:
+                        backend.verify(master.digest())
+                traffic = backend.traffic.since(before)
+                wall = time.perf_counter() - it_start
+                finite = results.returns[np.isfinite(results.returns)]
+                last = {
+                    "iteration": t,
+                    "wall_s": elapsed(),
+                    "iteration_s": wall,
+                    "env_steps": counters.env_steps,
+                    "episodes": counters.episodes,
+                    "return_mean": float(finite.mean()) if finite.size else None,
+                    "return_max": float(finite.max()) if finite.size else None,
+                    "return_min": float(finite.min()) if finite.size else None,
+                    "eval_return": eval_return,
+                    "unperturbed_rank": None if eval_return is None else es.unperturbed_rank(results.returns, eval_return),
+                    "update_norm": update_norm,
+                    "step_cap": step_cap,
+                    "nonfinite_returns": nonfinite,
+                    "steps_per_s": int(results.lengths.sum() + results.eval_lengths.sum()) / wall,
+                    "bytes_sent": dict(traffic.sent),
+                    "bytes_received": dict(traffic.received),
+                    "bytes_sent_total": sum(traffic.sent.values()),
+                    "bytes_received_total": sum(traffic.received.values()),
+                    "messages": traffic.messages,
+                    "compute_s": traffic.compute_s,
+                    "wait_s": max(0.0, wall * backend.live_workers - traffic.compute_s),
+                    "live_workers": backend.live_workers,
+                    "events": [dict(e) for e in backend.events],
+                }
+                backend.events.clear()
+                rd.append_metrics(last)
+                progress.update(last, run.max_seconds, run.max_iterations)
+                if finishing:
+                    stop_reason = "solved"
+                    break
+                if master.iteration % run.checkpoint_every == 0:
+                    save_checkpoint()
+        except KeyboardInterrupt:
+            stop_reason, hard_stop = "interrupted", True
+        finally:
+            backend.close()
+            progress.close()
+    if not hard_stop:
+        save_checkpoint()
     summary = {
         "algorithm": ALGORITHM,
         "env": run.env,

@@ -23,7 +23,7 @@ from esrl.errors import InputError
 from esrl.progress import Progress
 from esrl.rl import nets
 from esrl.rl.common import Report, optim_spec
-from esrl.runs import checkpoint
+from esrl.runs import checkpoint, interrupts
 from esrl.runs.rundir import RunDir
 from esrl.stores import make_store
 from esrl.train import Counters, resolve_target
@@ -55,7 +55,12 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
     run.validate()
     cfg.validate()
     run_dir_path = run.run_dir or f"runs/{algo}-{run.env}-s{run.seed}"
+    if run.backend == "vectorized":
+        raise InputError("backend", f"{algo} has no vectorized backend yet", "serial, processes")
     spec = envs.spec_of(run.env)
+    if spec.obs_onehot:
+        raise InputError("env", f"{run.env} has Discrete observations; the RL networks take Box observations",
+                         "an env with a Box observation space")
     workers = run.workers or default_workers()
     setup = setup_for(algo, cfg, spec, run.seed)
     ctx = context()
@@ -118,54 +123,60 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
     before = pool.traffic.snapshot()
     last: dict[str, Any] = {}
     stop_reason, failure = "budget", None
-    try:
-        pool.start()
-        while True:
-            for rep in pool.poll(0.05):
-                interval.merge(rep)
+    with interrupts.deferred():
+        try:
+            pool.start()
+            while True:
+                for rep in pool.poll(0.05):
+                    interval.merge(rep)
+                    updates += rep.updates
+                    counters.env_steps += rep.env_steps
+                    counters.episodes += len(rep.returns)
+                if updates >= next_line:
+                    next_line = (updates // cfg.report_every + 1) * cfg.report_every  # reports may carry many
+                    n_eval = run.eval_episodes if iteration % run.eval_every == 0 else 0
+                    snap = store.snapshot()
+                    eval_return = None
+                    if n_eval:
+                        seeds = seeding.rng(run.seed, "eval_seeds", iteration).integers(0, 2**31 - 1, size=n_eval)
+                        rets, _lens = setup.evaluate(snap[0], seeds)
+                        eval_return = float(rets.mean())
+                        if math.isfinite(eval_return):
+                            best = counters.best_eval_return
+                            counters.best_eval_return = eval_return if best is None else max(best, eval_return)
+                    hit = eval_return is not None and target is not None and eval_return >= target
+                    if hit and not solved:
+                        solved = True
+                        counters.time_to_threshold_s = elapsed()
+                    traffic = pool.traffic.since(before)
+                    wall = time.perf_counter() - it_start
+                    last = _metrics_line(iteration, elapsed(), wall, counters, interval, eval_return, pool, traffic,
+                                         updates)
+                    pool.events.clear()
+                    pool.staleness.clear()
+                    rd.append_metrics(last)
+                    progress.update(last, run.max_seconds, run.max_iterations)
+                    iteration += 1
+                    if iteration % run.checkpoint_every == 0 or (hit and run.stop_on_solve):
+                        save_checkpoint(snap, iteration)
+                    interval, it_start, before = Report(), time.perf_counter(), pool.traffic.snapshot()
+                    if hit and run.stop_on_solve:
+                        stop_reason = "solved"
+                        break
+                if run.budget_spent(iteration, elapsed(), counters.env_steps):
+                    break
+                if interrupts.requested():
+                    stop_reason = "interrupted"
+                    break
+        except WorkerFailure as exc:
+            stop_reason, failure = ("nonfinite" if exc.nonfinite else "worker_error"), str(exc)
+        except KeyboardInterrupt:
+            stop_reason = "interrupted"
+        finally:
+            for rep in pool.close():
                 updates += rep.updates
                 counters.env_steps += rep.env_steps
                 counters.episodes += len(rep.returns)
-            if updates >= next_line:
-                next_line = (updates // cfg.report_every + 1) * cfg.report_every  # reports may carry many
-                n_eval = run.eval_episodes if iteration % run.eval_every == 0 else 0
-                snap = store.snapshot()
-                eval_return = None
-                if n_eval:
-                    seeds = seeding.rng(run.seed, "eval_seeds", iteration).integers(0, 2**31 - 1, size=n_eval)
-                    rets, _lens = setup.evaluate(snap[0], seeds)
-                    eval_return = float(rets.mean())
-                    counters.best_eval_return = max(counters.best_eval_return or -math.inf, eval_return)
-                hit = eval_return is not None and target is not None and eval_return >= target
-                if hit and not solved:
-                    solved = True
-                    counters.time_to_threshold_s = elapsed()
-                traffic = pool.traffic.since(before)
-                wall = time.perf_counter() - it_start
-                last = _metrics_line(iteration, elapsed(), wall, counters, interval, eval_return, pool, traffic,
-                                     updates)
-                pool.events.clear()
-                pool.staleness.clear()
-                rd.append_metrics(last)
-                progress.update(last, run.max_seconds, run.max_iterations)
-                iteration += 1
-                if iteration % run.checkpoint_every == 0 or (hit and run.stop_on_solve):
-                    save_checkpoint(snap, iteration)
-                interval, it_start, before = Report(), time.perf_counter(), pool.traffic.snapshot()
-                if hit and run.stop_on_solve:
-                    stop_reason = "solved"
-                    break
-            if run.budget_spent(iteration, elapsed(), counters.env_steps):
-                break
-    except WorkerFailure as exc:
-        stop_reason, failure = ("nonfinite" if exc.nonfinite else "worker_error"), str(exc)
-    except KeyboardInterrupt:
-        stop_reason = "interrupted"
-    finally:
-        for rep in pool.close():
-            updates += rep.updates
-            counters.env_steps += rep.env_steps
-            counters.episodes += len(rep.returns)
     if failure is None and stop_reason != "solved":
         save_checkpoint(store.snapshot(), iteration)
     store.close()

@@ -29,7 +29,11 @@ _DUMP = pickle.HIGHEST_PROTOCOL
 def _worker_main(conn: Connection, setup: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the coordinator's to handle
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    replica = setup.build()
+    try:
+        replica = setup.build()
+    except Exception:
+        conn.send_bytes(pickle.dumps(("error", traceback.format_exc()), _DUMP))
+        return
     while True:
         try:
             kind, body = pickle.loads(conn.recv_bytes())
@@ -191,8 +195,7 @@ class ProcessBackend:
             for w in list(self._workers.values()):
                 if w.task is None and queue:
                     w.task = queue.popleft()
-                    if not self._send(w, "task", w.task):
-                        queue.appendleft(w.task)
+                    self._send(w, "task", w.task)  # on failure _lost() has put it back among the orphans
             while self._orphans:
                 queue.appendleft(self._orphans.pop())
             if not self._workers:
@@ -219,6 +222,9 @@ class ProcessBackend:
                         self._lost(w, "process exited")
             if self._dead and (queue or self._orphans):
                 self._replace_dead()
+        missing = [i for i, r in enumerate(results) if r is None]
+        if missing:
+            raise WorkerError(f"tasks {missing} returned no result")
         return results
 
     def broadcast(self, message: Any) -> None:

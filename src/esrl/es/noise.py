@@ -54,6 +54,7 @@ def weighted_noise_sum(
     """
     total = np.zeros(dim, dtype=np.float32)
     ar = np.arange(dim)
+    chunk = max(1, min(chunk, (1 << 22) // dim))  # bounds the gathered block to ~16 MB for big policies
     w32 = weights.astype(np.float32)
     for start in range(0, len(offsets), chunk):
         idx = offsets[start : start + chunk][:, None] + ar[None, :]

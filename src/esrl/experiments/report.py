@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,7 +82,7 @@ def median_ci(values: list[float], role: str) -> tuple[float, float, float]:
     med = float(np.median(x))
     if x.size < 2:
         return med, med, med
-    gen = seeding.rng(0, "report_bootstrap", abs(hash(role)) % (2**31))
+    gen = seeding.rng(0, "report_bootstrap", zlib.crc32(role.encode()))
     boots = np.median(gen.choice(x, size=(BOOTSTRAP, x.size), replace=True), axis=1)
     with np.errstate(invalid="ignore"):  # inf - inf inside percentile's interpolation: the bound is inf
         lo, hi = np.percentile(boots, 2.5, method="lower"), np.percentile(boots, 97.5, method="higher")
@@ -94,7 +95,7 @@ def speedup_ci(base: list[float], other: list[float], n: int, role: str) -> tupl
     s = float(np.median(b) / np.median(o)) if np.isfinite(np.median(o)) else 0.0
     if b.size < 2 or o.size < 2:
         return s, s, s
-    gen = seeding.rng(0, "report_speedup", n, abs(hash(role)) % (2**31))
+    gen = seeding.rng(0, "report_speedup", n, zlib.crc32(role.encode()))
     mb = np.median(gen.choice(b, size=(BOOTSTRAP, b.size)), axis=1)
     mo = np.median(gen.choice(o, size=(BOOTSTRAP, o.size)), axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):

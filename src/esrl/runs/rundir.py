@@ -61,8 +61,13 @@ class RunDir:
         p = Path(path)
         if p.exists() and not p.is_dir():
             raise InputError("run_dir", f"{p} exists and is not a directory")
-        if p.is_dir() and any(p.iterdir()) and not overwrite:
-            raise InputError("run_dir", f"{p} already holds a run", "--resume RUN_DIR to continue it, or --overwrite")
+        if p.is_dir() and any(p.iterdir()):
+            if not overwrite:
+                raise InputError("run_dir", f"{p} already holds files", "--resume RUN_DIR to continue a run, or "
+                                 "--overwrite to replace one")
+            if not (p / "config.json").is_file():
+                raise InputError("run_dir", f"{p} is not empty and holds no esrl run: --overwrite replaces only runs",
+                                 "an empty or new directory, or an esrl run directory")
         probe = p if p.exists() else next((a for a in p.absolute().parents if a.exists()), Path("/"))
         if not os.access(probe, os.W_OK | os.X_OK):
             raise InputError("run_dir", f"cannot write under {probe}", "a writable directory")
