@@ -159,10 +159,11 @@ gym.register("esrl-test/DyingCartPole-v0", entry_point=DyingCartPole, max_episod
 gym.register("esrl-test/NaNRewardCartPole-v0", entry_point=NaNCartPole, max_episode_steps=500)
 
 
-def test_dead_worker_is_replaced_and_the_run_goes_on(tmp_path):
+@pytest.mark.parametrize("sync", ["hogwild", "lock", "param-server"])
+def test_dead_worker_is_replaced_and_the_run_goes_on(tmp_path, sync):
     DyingCartPole.marker = tmp_path / "died"
     d = tmp_path / "r"
-    summary = train_rl("a3c", run_cfg(d, env="esrl-test/DyingCartPole-v0", max_iterations=3), tiny(),
+    summary = train_rl("a3c", run_cfg(d, env="esrl-test/DyingCartPole-v0", max_iterations=3), tiny(sync=sync),
                        show_progress=False)
     DyingCartPole.marker = None
     assert (tmp_path / "died").exists()

@@ -84,3 +84,48 @@ def test_store_load_round_trip():
         assert torch.equal(params, p) and torch.equal(state["v"], st["v"]) and version == 42
     finally:
         store.close()
+
+
+def _die_mid_message(client):
+    import os
+    import struct
+
+    client.on_start()
+    # the length header promises 4,000 bytes; only 12 arrive before the process dies
+    os.write(client.conns[0].fileno(), struct.pack("!i", 4000) + b"g" + b"\0" * 11)
+    os._exit(9)
+
+
+def test_param_server_survives_a_worker_dying_mid_message():
+    store = make_store("param-server", torch.zeros(10), SPEC, CTX, slots=2, shards=1)
+    try:
+        p = CTX.Process(target=_die_mid_message, args=(store.client(0),))
+        p.start()
+        store.release(0)
+        p.join(10)
+        q = CTX.Process(target=_pusher, args=(store.client(1), 5, 1.0))
+        q.start()
+        store.release(1)
+        q.join(30)
+        assert q.exitcode == 0
+        assert store.snapshot()[2] == 5  # the server dropped the torn pipe and served the others
+    finally:
+        store.close()
+
+
+def _die_holding_the_lock(store):
+    import os
+
+    store._lock.__enter__()
+    os._exit(9)
+
+
+def test_lock_store_survives_a_worker_killed_while_holding_the_lock():
+    store = make_store("lock", torch.zeros(10), SPEC, CTX)
+    p = CTX.Process(target=_die_holding_the_lock, args=(store,))
+    p.start()
+    p.join(10)
+    q = CTX.Process(target=_pusher, args=(store.client(1), 5, 1.0))
+    q.start()
+    q.join(30)
+    assert q.exitcode == 0 and store.snapshot()[2] == 5

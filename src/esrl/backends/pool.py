@@ -20,6 +20,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from esrl.backends.base import Traffic
+from esrl.shm import Flag
 
 REPORT_S = 0.1
 
@@ -46,6 +47,8 @@ def _worker_main(setup: Any, wid: int, client: Any, conn: Connection, stop: Any)
     import torch
 
     torch.set_num_threads(1)
+    if hasattr(client, "on_start"):
+        client.on_start()
     worker = None
     try:
         worker = setup.build_worker(wid, client)
@@ -90,7 +93,7 @@ class ProcessPool:
         self.traffic = Traffic()
         self.events: list[dict[str, Any]] = []
         self.staleness: list[int] = []
-        self._stop = ctx.Event()
+        self._stop = Flag(ctx)  # a raw byte: a worker killed mid-check cannot leave it locked
         self._procs: dict[int, tuple[Any, Connection]] = {}
         self._next_slot = 0
 
@@ -119,6 +122,8 @@ class ProcessPool:
                                                            self._stop), daemon=True)
         proc.start()
         child.close()
+        if hasattr(self.store, "release"):
+            self.store.release(slot)
         self._procs[index] = (proc, parent)
         return slot
 

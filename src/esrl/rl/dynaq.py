@@ -23,6 +23,7 @@ from esrl.rl.common import NonFiniteError, Report
 from esrl.rl.dqn import DQNSetup, DQNWorker, QLearner
 from esrl.rl.optim import OptimSpec
 from esrl.rl.replay import Replay
+from esrl.shm import Counter
 
 
 class WorldModel(nn.Module):
@@ -64,7 +65,7 @@ class DynaQSetup(DQNSetup):
         store = SharedStore(nets.get_flat(model), OptimSpec(kind="adam", lr=self.cfg.model_lr), ctx, lock_apply=True)
         replay = Replay(self.cfg.buffer_size, self.spec.obs_dim, ctx, shared=True)
         return dataclasses.replace(self, workers=workers, replay=replay, model_store=store,
-                                   simulated=ctx.Value("q", 0))
+                                   simulated=Counter(ctx))
 
     def build_world_model(self) -> WorldModel:
         return nets.seeded(self.seed, "dynaq_model_init", WorldModel, self.spec,  # type: ignore[return-value]
@@ -126,8 +127,7 @@ class Planner:
     def plan_once(self) -> Report:
         report = Report()
         n = self.cfg.batch_size
-        with self.setup.simulated.get_lock():
-            self.setup.simulated.value += n
+        self.setup.simulated.add(n)
         self.model_client.pull(self.model_flat)
         nets.set_flat(self.model, self.model_flat)
         obs = self.replay.sample(n, self.gen)[0]

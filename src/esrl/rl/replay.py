@@ -7,6 +7,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from esrl.shm import Counter, ProcessLock
+
 
 class Replay:
     """Ring buffer of (obs, action, reward, next_obs, done) as torch tensors.
@@ -22,8 +24,8 @@ class Replay:
         self.action = torch.zeros(capacity, dtype=torch.long)
         self.reward = torch.zeros(capacity)
         self.done = torch.zeros(capacity)
-        self._pos = ctx.Value("q", 0) if shared else None  # total ever added (atomic when shared)
-        self._lock = ctx.Lock() if shared else None
+        self._pos = Counter(ctx) if shared else None  # total ever added
+        self._lock = ProcessLock() if shared else None
         self._added = 0
         if shared:
             for t in (self.obs, self.next_obs, self.action, self.reward, self.done):

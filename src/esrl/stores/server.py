@@ -29,8 +29,11 @@ def _floats(data: bytes | bytearray | memoryview, offset: int) -> torch.Tensor:
     return torch.from_numpy(np.frombuffer(data, dtype=np.float32, offset=offset).copy())
 
 
-def _server_main(params: torch.Tensor, spec: OptimSpec, conns: list[Connection], control: Connection) -> None:
+def _server_main(params: torch.Tensor, spec: OptimSpec, conns: list[Connection], control: Connection,
+                 foreign: list[Connection]) -> None:
     torch.set_num_threads(1)
+    for c in foreign:  # pipe ends this server must not hold, or it would never see a dead worker's EOF
+        c.close()
     state = spec.init_state(params.numel())
     version = 0
     pending: dict[Connection, list[int]] = defaultdict(list)
@@ -77,26 +80,41 @@ class ServerStore:
         bounds = np.linspace(0, self.n, shards + 1).astype(int)
         self.slices = [(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
         self._worker_ends: list[list[Connection]] = [[] for _ in range(slots)]
-        self._controls: list[Connection] = []
-        self._procs = []
-        for lo, hi in self.slices:
-            server_ends = []
+        server_ends: list[list[Connection]] = []
+        pairs = []
+        for _ in self.slices:
+            ends = []
             for slot in range(slots):
                 a, b = ctx.Pipe(duplex=True)
-                server_ends.append(a)
+                ends.append(a)
                 self._worker_ends[slot].append(b)
-            ca, cb = ctx.Pipe(duplex=True)
-            proc = ctx.Process(target=_server_main, args=(flat[lo:hi].clone(), spec, server_ends, ca), daemon=True)
+            server_ends.append(ends)
+            pairs.append(ctx.Pipe(duplex=True))
+        self._controls = [cb for _, cb in pairs]
+        every = [c for ends in server_ends for c in ends] + [c for pair in pairs for c in pair] + [
+            c for ends in self._worker_ends for c in ends]
+        self._procs = []
+        for k, (lo, hi) in enumerate(self.slices):
+            mine = {id(c) for c in [*server_ends[k], pairs[k][0]]}
+            proc = ctx.Process(target=_server_main, args=(flat[lo:hi].clone(), spec, server_ends[k], pairs[k][0],
+                                                          [c for c in every if id(c) not in mine]), daemon=True)
             proc.start()
-            self._controls.append(cb)
             self._procs.append(proc)
+        for c in [c for ends in server_ends for c in ends] + [ca for ca, _ in pairs]:
+            c.close()  # the servers hold these now
 
     @property
     def pids(self) -> list[int]:
         return [int(p.pid) for p in self._procs]
 
     def client(self, slot: int) -> ServerClient:
-        return ServerClient(self._worker_ends[slot], self.slices)
+        others = [c for s, ends in enumerate(self._worker_ends) if s != slot for c in ends]
+        return ServerClient(self._worker_ends[slot], self.slices, others)
+
+    def release(self, slot: int) -> None:
+        """The worker of `slot` has started: drop this process's copy of its pipe ends."""
+        for c in self._worker_ends[slot]:
+            c.close()
 
     def snapshot(self) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
         parts = []
@@ -139,12 +157,19 @@ class ServerStore:
 class ServerClient:
     """A worker's pipes to every shard; counts the bytes it sends and receives."""
 
-    def __init__(self, conns: list[Connection], slices: list[tuple[int, int]]) -> None:
-        self.conns, self.slices = conns, slices
+    def __init__(self, conns: list[Connection], slices: list[tuple[int, int]],
+                 others: list[Connection] | None = None) -> None:
+        self.conns, self.slices, self._others = conns, slices, others or []
         self.sent: dict[str, int] = defaultdict(int)
         self.received: dict[str, int] = defaultdict(int)
         self.staleness: list[int] = []
         self._versions = [0] * len(conns)
+
+    def on_start(self) -> None:
+        """In the worker's process: close the other slots' pipe ends inherited through fork."""
+        for c in self._others:
+            c.close()
+        self._others = []
 
     def pull(self, out: torch.Tensor) -> int:
         for c in self.conns:

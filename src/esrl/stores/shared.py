@@ -9,6 +9,7 @@ import torch
 
 from esrl.rl import optim
 from esrl.rl.optim import OptimSpec
+from esrl.shm import Counter, ProcessLock
 
 
 class SharedStore:
@@ -19,8 +20,8 @@ class SharedStore:
         self.lock_apply = lock_apply
         self.params = params.detach().clone().float().share_memory_()
         self.state = {k: v.share_memory_() for k, v in spec.init_state(self.params.numel()).items()}
-        self._version = ctx.Value("q", 0)  # atomic: its own lock guards the increment
-        self._lock = ctx.Lock()
+        self._version = Counter(ctx)  # atomic increments; flock-based, so a killed worker cannot wedge it
+        self._lock = ProcessLock()
 
     @property
     def version(self) -> int:
@@ -75,15 +76,9 @@ class SharedClient:
         self.sent["gradients"] += grad.numel() * grad.element_size()
         if s.lock_apply:
             with s._lock:
-                staleness = s.version - version
-                with s._version.get_lock():
-                    s._version.value += 1
-                    step = s._version.value
+                step = s._version.add(1)
                 optim.apply(s.spec, s.params, grad, s.state, step)
-            return staleness
-        with s._version.get_lock():
-            staleness = s._version.value - version
-            s._version.value += 1
-            step = s._version.value
+            return step - 1 - version
+        step = s._version.add(1)  # the only synchronized part: every update gets its own step count
         optim.apply(s.spec, s.params, grad, s.state, step)  # lock-free: races are hogwild's bargain
-        return staleness
+        return step - 1 - version

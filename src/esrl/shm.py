@@ -1,0 +1,94 @@
+"""Cross-process primitives that survive a worker killed while holding them.
+
+A multiprocessing.Lock held by a process that is SIGKILLed stays held forever, and every
+other worker (and the coordinator) then blocks. `ProcessLock` is an flock on a temp file:
+the kernel releases it when its holder dies. `Counter` and `Flag` build on it and on raw
+shared memory.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import tempfile
+import threading
+from typing import Any
+
+
+class ProcessLock:
+    """Exclusive lock across processes (and threads of one process); released if the holder dies."""
+
+    def __init__(self) -> None:
+        fd, self.path = tempfile.mkstemp(prefix="esrl-lock-")
+        os.close(fd)
+        self._creator = os.getpid()
+        self._fd, self._pid = -1, -1
+        self._thread_lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:  # for spawn: a fresh descriptor in the new process
+        return {"path": self.path, "_creator": self._creator}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._fd, self._pid = -1, -1
+        self._thread_lock = threading.Lock()
+
+    def _handle(self) -> int:
+        if self._pid != os.getpid():  # flock belongs to an open file: each process opens its own
+            self._fd = os.open(self.path, os.O_RDWR)
+            self._pid = os.getpid()
+            self._thread_lock = threading.Lock()
+        return self._fd
+
+    def __enter__(self) -> ProcessLock:
+        fd = self._handle()
+        self._thread_lock.acquire()
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self._thread_lock.release()
+
+    def __del__(self) -> None:
+        if getattr(self, "_creator", None) == os.getpid():
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+
+
+class Counter:
+    """A shared int64 that increments atomically under a ProcessLock."""
+
+    def __init__(self, ctx: Any, value: int = 0) -> None:
+        self._raw = ctx.RawValue("q", value)
+        self._lock = ProcessLock()
+
+    @property
+    def value(self) -> int:
+        return int(self._raw.value)
+
+    @value.setter
+    def value(self, v: int) -> None:
+        with self._lock:
+            self._raw.value = int(v)
+
+    def add(self, n: int = 1) -> int:
+        """Add n; returns the new value."""
+        with self._lock:
+            self._raw.value += n
+            return int(self._raw.value)
+
+
+class Flag:
+    """A shared boolean (a raw byte: setting and reading it takes no lock)."""
+
+    def __init__(self, ctx: Any) -> None:
+        self._raw = ctx.RawValue("b", 0)
+
+    def set(self) -> None:
+        self._raw.value = 1
+
+    def is_set(self) -> bool:
+        return bool(self._raw.value)
