@@ -12,7 +12,7 @@ import pytest
 
 from esrl.experiments import model
 from esrl.experiments.report import load, median_ci, report, speedup_ci, table
-from esrl.experiments.sweep import SweepSpec, run_name, sweep
+from esrl.experiments.sweep import run_name
 
 SPEC = {"algos": ["es", "a3c"], "env": "CartPole-v1", "workers": [1, 2], "seeds": 3, "backend": "processes",
         "target_return": 475.0, "max_seconds": 60.0, "settings": {}}
@@ -114,23 +114,32 @@ def _count_summaries(out: Path) -> int:
 
 
 def test_sweep_killed_and_resumed(tmp_path):
+    import os
+    import signal
+    import time
+
     out = tmp_path / "sw"
     args = [sys.executable, "-m", "esrl.cli", "sweep", "--algos", "es", "--workers", "1,2", "--seeds", "2",
             "--max-seconds", "30", "--backend", "serial", "--out", str(out), "--quiet"]
-    spec = SweepSpec(algos=["es"], workers=[1, 2], seeds=2, backend="serial", max_seconds=30)
-    # a "killed" sweep: two runs finished, one left unfinished on disk, one never started
-    sweep(SweepSpec(algos=["es"], workers=[1, 2], seeds=1, backend="serial", max_seconds=30), out, False)
-    unfinished = out / run_name("es", 1, 1)
-    unfinished.mkdir()
-    (unfinished / "metrics.jsonl").write_text("")
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and _count_summaries(out) < 2:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    done = _count_summaries(out)
+    assert 2 <= done < 4, "the kill must land mid-sweep"
     before = {p.name: (p / "summary.json").read_bytes() for p in out.iterdir() if (p / "summary.json").exists()}
     res = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     records = json.loads(res.stdout)["runs"]
-    assert [r["skipped"] for r in records] == [True, True, False, False]
-    assert _count_summaries(out) == len(spec.runs()) == 4
+    assert sum(r["skipped"] for r in records) == done and len(records) == 4
+    assert _count_summaries(out) == 4
     for name, data in before.items():  # finished runs were not run again
         assert (out / name / "summary.json").read_bytes() == data
+    changed = subprocess.run([*args[:-3], "--seeds", "3", "--out", str(out)], capture_output=True, text=True,
+                             timeout=60)
+    assert changed.returncode == 2 and changed.stderr.startswith("esrl: error: out:")
 
 
 def test_sweep_bad_input(tmp_path):
@@ -171,3 +180,12 @@ def test_weak_scaling_keeps_es_per_worker_traffic_flat(tmp_path):
     b = f["bytes_per_step"] + 2 * f["bytes_per_step_per_worker"]  # per-worker terms as measured at 2 workers
     m = f["messages_per_step"] + 2 * f["messages_per_step_per_worker"]
     assert t_weak == pytest.approx(max(w * c / 4096, w * b / 125e6) + w * m * 1e-4 / 4096)
+
+
+def test_sweep_settings_are_validated_before_any_run(tmp_path):
+    cfg = tmp_path / "sweep.yaml"
+    cfg.write_text("algos: [es, a3c]\nsettings:\n  es: {population: 15}\n")
+    res = subprocess.run([sys.executable, "-m", "esrl.cli", "sweep", "--config", str(cfg), "--out",
+                          str(tmp_path / "x")], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and res.stderr.startswith("esrl: error: population:"), res.stderr
+    assert not (tmp_path / "x").exists()

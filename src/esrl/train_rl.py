@@ -86,6 +86,8 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
         RunDir.check_new(run_dir_path, overwrite)
         rd = RunDir.create(run_dir_path, overwrite)
     run = dataclasses.replace(run, run_dir=str(rd.path))
+    if hasattr(setup, "start_steps"):  # a resumed DQN continues its epsilon schedule (its replay starts empty)
+        setup = dataclasses.replace(setup, start_steps=counters.env_steps // workers)
     serial = run.backend == "serial"
     rd.write_json("config.json", {"algorithm": algo, "esrl_version": __version__, "run": to_dict(run),
                                   algo: to_dict(cfg), "resolved": {"target_return": target, "workers": workers,

@@ -34,12 +34,20 @@ def _absorb(traffic: Traffic, client: Any) -> None:
     client.received.clear()
 
 
-def _send_report(conn: Connection, wid: int, acc: Any, client: Any, compute: float) -> None:
+def _clients(worker: Any, client: Any) -> list[Any]:
+    """The worker's store clients: the main one first, then any others (Dyna-Q's world model)."""
+    return [client, *getattr(worker, "extra_clients", [])]
+
+
+def _send_report(conn: Connection, wid: int, acc: Any, clients: list[Any], compute: float) -> None:
     traffic = Traffic()
-    _absorb(traffic, client)
+    for c in clients:
+        _absorb(traffic, c)
+    staleness = clients[0].staleness
+    for c in clients:
+        c.staleness = []
     traffic.compute_s = compute
-    conn.send_bytes(pickle.dumps(("report", wid, acc, traffic, client.staleness)))
-    client.staleness = []
+    conn.send_bytes(pickle.dumps(("report", wid, acc, traffic, staleness)))
 
 
 def _worker_main(setup: Any, wid: int, client: Any, conn: Connection, stop: Any) -> None:
@@ -52,6 +60,7 @@ def _worker_main(setup: Any, wid: int, client: Any, conn: Connection, stop: Any)
     worker = None
     try:
         worker = setup.build_worker(wid, client)
+        clients = _clients(worker, client)
         acc, compute, last = None, 0.0, time.perf_counter()
         while not stop.is_set():
             t0 = time.perf_counter()
@@ -62,9 +71,9 @@ def _worker_main(setup: Any, wid: int, client: Any, conn: Connection, stop: Any)
             else:
                 acc.merge(rep)
             if time.perf_counter() - last >= REPORT_S:
-                _send_report(conn, wid, acc, client, compute)
+                _send_report(conn, wid, acc, clients, compute)
                 acc, compute, last = None, 0.0, time.perf_counter()
-        _send_report(conn, wid, acc, client, compute)  # the last updates count too
+        _send_report(conn, wid, acc, clients, compute)  # the last updates count too
         conn.send_bytes(pickle.dumps(("done", wid)))
     except Exception as exc:
         kind = "nonfinite" if type(exc).__name__ == "NonFiniteError" else "error"
@@ -230,9 +239,11 @@ class SerialPool:
                     raise WorkerFailure(f"worker {w.wid}, update {w.updates}: {exc}", nonfinite=True) from None
                 raise
             self.traffic.compute_s += time.perf_counter() - t0
-            _absorb(self.traffic, c)
-            self.staleness.extend(c.staleness)
-            c.staleness = []
+            for k, client in enumerate(_clients(w, c)):
+                _absorb(self.traffic, client)
+                if k == 0:
+                    self.staleness.extend(client.staleness)
+                client.staleness = []
         return reports
 
     def close(self) -> list[Any]:

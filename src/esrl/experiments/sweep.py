@@ -34,6 +34,15 @@ class SweepSpec:
     settings: dict[str, dict[str, Any]] = field(default_factory=dict)  # per algorithm: config overrides
 
     def validate(self) -> None:
+        """Everything that can be checked before the first run starts: types, the env, every config."""
+        from esrl import envs
+
+        if not isinstance(self.algos, list) or not all(isinstance(a, str) for a in self.algos):
+            raise InputError("algos", f"expected a list of names, got {self.algos!r}")
+        if not isinstance(self.workers, list) or not all(isinstance(w, int) for w in self.workers):
+            raise InputError("workers", f"expected a list of integers, got {self.workers!r}")
+        if not isinstance(self.seeds, int):
+            raise InputError("seeds", f"expected an integer, got {self.seeds!r}")
         for a in self.algos:
             if a not in config.ALGORITHMS:
                 raise InputError("algos", f"unknown algorithm {a!r}", ", ".join(config.ALGORITHMS))
@@ -41,10 +50,24 @@ class SweepSpec:
             raise InputError("workers", f"need positive worker counts, got {self.workers}")
         if self.seeds < 1:
             raise InputError("seeds", f"must be >= 1, got {self.seeds}")
-        for a, values in self.settings.items():
+        if not isinstance(self.settings, dict):
+            raise InputError("settings", f"expected a mapping of algorithm: settings, got {self.settings!r}")
+        for a in self.settings:
             if a not in self.algos:
                 raise InputError("settings", f"settings for {a!r}, which the sweep does not run", ", ".join(self.algos))
-            config.build(config.ALGORITHMS[a], values)  # unknown keys and bad types fail here, before any run
+        for a in self.algos:
+            config.build(config.ALGORITHMS[a], self.settings.get(a, {})).validate()
+        for w in self.workers:
+            self.run_config(w, 0, Path(".")).validate()
+        envs.spec_of(self.env)
+
+    def run_config(self, workers: int, seed: int, run_dir: Path) -> config.RunConfig:
+        try:
+            return config.RunConfig(env=self.env, seed=seed, backend=self.backend, workers=workers,
+                                    target_return=self.target_return, max_seconds=float(self.max_seconds),
+                                    run_dir=str(run_dir))
+        except (TypeError, ValueError) as exc:
+            raise InputError("sweep", f"bad setting: {exc}") from None
 
     def runs(self) -> list[tuple[str, int, int]]:
         return [(a, w, s) for s in range(self.seeds) for a in self.algos for w in self.workers]
@@ -60,8 +83,22 @@ def sweep(spec: SweepSpec, out: str | Path, show_progress: bool = True) -> list[
     """Run (or finish) the sweep into `out`; returns one record per run."""
     spec.validate()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "sweep.json", (json.dumps(dataclasses.asdict(spec), indent=2) + "\n").encode())
+    wanted = dataclasses.asdict(spec)
+    if (out / "sweep.json").is_file():
+        try:
+            before = json.loads((out / "sweep.json").read_text())
+        except json.JSONDecodeError:
+            before = None
+        if before != json.loads(json.dumps(wanted)):
+            raise InputError("out", f"{out} holds a sweep with other settings; finished runs would mix in",
+                             "the same settings to continue it, or another --out")
+    elif out.exists() and any(out.iterdir()):
+        raise InputError("out", f"{out} is not empty and holds no sweep", "a new or empty directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError("out", f"cannot create {out}: {exc.strerror}") from None
+    atomic_write(out / "sweep.json", (json.dumps(wanted, indent=2) + "\n").encode())
     grid = spec.runs()
     records = []
     t0 = time.perf_counter()
@@ -77,17 +114,20 @@ def sweep(spec: SweepSpec, out: str | Path, show_progress: bool = True) -> list[
             continue
         if d.exists():
             shutil.rmtree(d)  # an unfinished run of an earlier, killed sweep: start it again
-        run = config.RunConfig(env=spec.env, seed=seed, backend=spec.backend, workers=workers,
-                               target_return=spec.target_return, max_seconds=spec.max_seconds, run_dir=str(d))
+        run = spec.run_config(workers, seed, d)
         cfg = config.build(config.ALGORITHMS[algo], spec.settings.get(algo, {}))
-        if algo == "es":
-            from esrl.train import train
+        try:
+            if algo == "es":
+                from esrl.train import train
 
-            summary = train(run, cfg, show_progress=False)
-        else:
-            from esrl.train_rl import train_rl
+                summary = train(run, cfg, show_progress=False)
+            else:
+                from esrl.train_rl import train_rl
 
-            summary = train_rl(algo, run, cfg, show_progress=False)
+                summary = train_rl(algo, run, cfg, show_progress=False)
+        except InputError as exc:  # one failed run (say, a NaN) is recorded; the sweep goes on
+            records.append({"run": d.name, "skipped": False, "error": str(exc)})
+            continue
         records.append({"run": d.name, "skipped": False, "solved": summary["solved"],
                         "time_to_threshold_s": summary["time_to_threshold_s"]})
     if show_progress:

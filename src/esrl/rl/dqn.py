@@ -53,6 +53,7 @@ class DQNSetup:
     seed: int
     workers: int = 1
     replay: Replay | None = None
+    start_steps: int = 0  # env steps each worker had taken before a resume: epsilon continues from there
 
     def attach(self, ctx: Any, workers: int) -> DQNSetup:
         shared = Replay(self.cfg.buffer_size, self.spec.obs_dim, ctx, shared=True) if self.cfg.replay == "global" \
@@ -119,7 +120,7 @@ class DQNWorker:
         self.gen = torch.Generator().manual_seed(seeding.derive_int(setup.seed, f"{self.role}_sample", index))
         n = max(1, setup.workers - 1)
         self.eps_final = cfg.eps_final ** (1 + index / n) if setup.workers > 1 else cfg.eps_final
-        self.steps = 0
+        self.steps = setup.start_steps
 
     @property
     def updates(self) -> int:

@@ -86,6 +86,7 @@ class DynaActor(DQNWorker):
         self.model_flat = nets.get_flat(self.model).clone()
         self.model_client = setup.model_store.client(index)
         self.planner = Planner(setup, index, client, share=self) if setup.workers == 1 else None
+        self.extra_clients = [self.model_client] + ([self.planner.model_client] if self.planner else [])
 
     def step(self) -> Report:
         report = super().step()
@@ -114,6 +115,7 @@ class Planner:
         self.model = setup.build_world_model()
         self.model_flat = nets.get_flat(self.model).clone()
         self.model_client = setup.model_store.client(index)
+        self.extra_clients = [self.model_client]
         self.gen = torch.Generator().manual_seed(seeding.derive_int(setup.seed, "dynaq_plan", index))
 
     @property
