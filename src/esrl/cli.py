@@ -111,6 +111,9 @@ def _run(algo: str, run: config.RunConfig, cfg: Any, overwrite: bool, resume: bo
     if algo == "es":
         from esrl.train import train
 
+        if run.backend == "vectorized":  # imports happen before the clock starts, as for every backend
+            import esrl.es.vectorized  # noqa: F401
+
         return train(run, cfg, overwrite=overwrite, resume=resume, show_progress=not quiet)
     from esrl.train_rl import train_rl
 

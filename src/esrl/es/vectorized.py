@@ -36,8 +36,12 @@ class ESTorchReplica(ESReplica):
     def __init__(self, setup: ESTorchSetup) -> None:
         super().__init__(setup)
         self.device = torch.device(setup.device)
+        if self.device.type == "cpu":
+            torch.set_num_threads(1)  # one core: small batched ops gain nothing from a thread pool
         self.table_dev = torch.from_numpy(np.array(self.table)).to(self.device)  # a writable copy, once
         self.peak_bytes = 0
+        self._cache: dict[str, dict[str, Any]] = {}
+        self._cache_t = -1
 
     def _params(self, members: np.ndarray, t: int) -> torch.Tensor:
         offsets, slots, signs = self.addresses(t)
@@ -47,75 +51,94 @@ class ESTorchReplica(ESReplica):
         theta = torch.from_numpy(self.theta).to(self.device)
         return theta[None, :] + float(self.cfg.sigma) * self.table_dev[idx] * sign
 
-    def _rollout(self, params: torch.Tensor, seed: int, cap: int, record: np.ndarray) -> dict[str, Any]:
+    def _rollout(self, params: torch.Tensor, seed: int, caps: torch.Tensor, record: np.ndarray) -> dict[str, Any]:
+        """One episode per parameter row, all rows stepped together; row i stops at caps[i] steps."""
         n = params.shape[0]
         env = make_torch_env(self.setup.spec.env_id, n, str(self.device), torch.float64, seed)
         env.reset()
         mean, inv_std = (torch.from_numpy(x).to(self.device) for x in self.normalizer())
+        clip = self.cfg.obs_clip
         layers = self.policy.layer_sizes
+        last = len(layers) - 1
         returns = torch.zeros(n, dtype=torch.float64, device=self.device)
         lengths = torch.zeros(n, dtype=torch.long, device=self.device)
-        rec = torch.from_numpy(record).to(self.device)
+        rec_rows = torch.from_numpy(np.flatnonzero(record)).to(self.device)
         obs_sum = torch.zeros(n, env.obs_dim, dtype=torch.float64, device=self.device)
         obs_sq = torch.zeros_like(obs_sum)
         obs_n = torch.zeros(n, dtype=torch.long, device=self.device)
-        rows = torch.arange(n, device=self.device)  # active rows, compacted
+        if not env.discrete:
+            lo = torch.tensor(env.low, device=self.device)
+            half = (torch.tensor(env.high, device=self.device) - lo) * 0.5
+        # the active rows, compacted: ids, parameters, state, running return, length and cap
+        rows = torch.arange(n, device=self.device)
         p, state = params, env.state
-        cap = min(cap, env.max_episode_steps)
+        ret = torch.zeros(n, dtype=torch.float64, device=self.device)
+        length = torch.zeros(n, dtype=torch.long, device=self.device)
+        cap = caps.clamp(max=env.max_episode_steps).to(self.device)
+        recording = rec_rows.numel() > 0
         while rows.numel():
             x = env.observe(state)
-            if bool(rec.any()):
-                r = rec[rows]
+            if recording:
+                r = torch.isin(rows, rec_rows)
                 obs_sum.index_add_(0, rows[r], x[r])
                 obs_sq.index_add_(0, rows[r], x[r] * x[r])
                 obs_n.index_add_(0, rows[r], torch.ones_like(rows[r]))
-            h = ((x.float() - mean) * inv_std).clamp(-self.cfg.obs_clip, self.cfg.obs_clip)
+            h = ((x.float() - mean) * inv_std).clamp_(-clip, clip)
             o = 0
             for k, (fan_in, fan_out) in enumerate(layers):
                 w = p[:, o : o + fan_in * fan_out].view(-1, fan_out, fan_in)
                 o += fan_in * fan_out
-                h = torch.bmm(w, h.unsqueeze(-1)).squeeze(-1) + p[:, o : o + fan_out]
+                h = torch.baddbmm(p[:, o : o + fan_out].unsqueeze(-1), w, h.unsqueeze(-1)).squeeze(-1)
                 o += fan_out
-                if k < len(layers) - 1:
-                    h = torch.tanh(h)
-            if env.discrete:
-                action = h.argmax(-1)
-            else:
-                lo = torch.tensor(env.low, device=self.device)
-                hi = torch.tensor(env.high, device=self.device)
-                action = (lo + (torch.tanh(h) + 1.0) * 0.5 * (hi - lo)).double()
+                if k < last:
+                    h = torch.tanh_(h)
+            action = h.argmax(-1) if env.discrete else (lo + (torch.tanh(h) + 1.0) * half).double()
             state, reward, terminated = env.dynamics(state, action)
-            returns.index_add_(0, rows, reward)
-            lengths.index_add_(0, rows, torch.ones_like(rows))
-            done = terminated | (lengths[rows] >= cap)
-            if bool(done.any()):  # compact: finished rows cost nothing from here on
+            ret += reward
+            length += 1
+            done = terminated | (length >= cap)
+            if bool(done.any()):  # finished rows leave the batch: a long tail costs only itself
+                ended = rows[done]
+                returns[ended], lengths[ended] = ret[done], length[done]
                 keep = ~done
-                rows, p, state = rows[keep], p[keep], state[keep]
+                rows, p, state, ret, length, cap = rows[keep], p[keep], state[keep], ret[keep], length[keep], cap[keep]
         self.peak_bytes = max(self.peak_bytes, params.numel() * params.element_size())
         recorded = np.flatnonzero(record)
         return {"returns": returns.cpu().numpy(), "lengths": lengths.cpu().numpy(),
                 "obs": [(int(i), obs_sum[i].cpu().numpy(), obs_sq[i].cpu().numpy(), int(obs_n[i])) for i in recorded]}
 
     def run(self, task: tuple[str, int, int, int]) -> dict[str, Any]:
+        """Evaluation and population of iteration t are one batch: the first task of t runs both."""
         kind, t, lo, hi = task
         if t != self.iteration:
             raise RuntimeError(f"replica at iteration {self.iteration} asked to evaluate iteration {t}")
-        seed = self.setup.seed
-        if kind == "eval":
-            params = torch.from_numpy(self.theta).to(self.device)[None].repeat(hi - lo, 1)
-            env_seed = seeding.derive_int(seed, "vector_eval", t, lo)
-            out = self._rollout(params, env_seed, 1 << 62, np.zeros(hi - lo, bool))
-            return {"kind": kind, "lo": lo, "returns": out["returns"], "lengths": out["lengths"]}
-        n = self.cfg.population
-        record = obs_record_mask(seed, t, n, self.cfg.obs_norm_fraction if self.cfg.obs_norm else 0.0)[lo:hi]
-        rows = max(1, MAX_BATCH_FLOATS // self.dim)
-        returns, lengths, obs = [], [], []
-        for s in range(lo, hi, rows):
-            m = np.arange(s, min(hi, s + rows))
-            out = self._rollout(self._params(m, t), seeding.derive_int(seed, "vector_episodes", t, s), self.step_cap,
-                                record[s - lo : s - lo + len(m)])
-            returns.append(out["returns"])
-            lengths.append(out["lengths"])
-            obs += [(int(m[i]), a, b, c) for i, a, b, c in out["obs"]]
-        return {"kind": kind, "lo": lo, "returns": np.concatenate(returns), "lengths": np.concatenate(lengths),
-                "obs": obs}
+        if self._cache_t != t or (kind == "eval" and len(self._cache["eval"]["returns"]) < hi):
+            self._evaluate_iteration(t, hi if kind == "eval" else 0)
+        rows = self._cache[kind]
+        out: dict[str, Any] = {"kind": kind, "lo": lo, "returns": rows["returns"][lo:hi],
+                               "lengths": rows["lengths"][lo:hi]}
+        if kind == "pop":
+            out["obs"] = [o for o in rows["obs"] if lo <= o[0] < hi]
+        return out
+
+    def _evaluate_iteration(self, t: int, n_eval: int) -> None:
+        seed, n = self.setup.seed, self.cfg.population
+        record = obs_record_mask(seed, t, n, self.cfg.obs_norm_fraction if self.cfg.obs_norm else 0.0)
+        theta = torch.from_numpy(self.theta).to(self.device)
+        per_chunk = max(1, MAX_BATCH_FLOATS // self.dim)
+        pop: dict[str, Any] = {"returns": np.zeros(n), "lengths": np.zeros(n, np.int64), "obs": []}
+        ev: dict[str, Any] = {"returns": np.zeros(n_eval), "lengths": np.zeros(n_eval, np.int64)}
+        for s in range(0, max(n, 1), per_chunk):
+            m = np.arange(s, min(n, s + per_chunk))
+            e = n_eval if s == 0 else 0  # the evaluation episodes ride along with the first chunk
+            params = torch.cat([theta[None].expand(e, -1), self._params(m, t)])
+            caps = torch.cat([torch.full((e,), 1 << 62), torch.full((len(m),), int(self.step_cap))])
+            out = self._rollout(params, seeding.derive_int(seed, "vector_episodes", t, s), caps,
+                                np.concatenate([np.zeros(e, bool), record[m]]))
+            ev_slice = slice(0, e)
+            if e:
+                ev["returns"][:], ev["lengths"][:] = out["returns"][ev_slice], out["lengths"][ev_slice]
+            pop["returns"][m], pop["lengths"][m] = out["returns"][e:], out["lengths"][e:]
+            pop["obs"] += [(int(m[i - e]), a, b, c) for i, a, b, c in out["obs"]]
+        self._cache = {"eval": ev, "pop": pop}
+        self._cache_t = t
