@@ -42,7 +42,7 @@ def test_vectorized_learns_cartpole(tmp_path):
 
 def test_input_errors(tmp_path):
     with pytest.raises(InputError, match=r"^env: .*batched torch"):
-        train(vec_run(tmp_path / "r", env="Acrobot-v1"), tiny_es(), show_progress=False)
+        train(vec_run(tmp_path / "r", env="FrozenLake-v1"), tiny_es(), show_progress=False)
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match=r"^device: "):
             train(vec_run(tmp_path / "r", device="cuda"), tiny_es(), show_progress=False)

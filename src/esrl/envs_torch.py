@@ -165,8 +165,55 @@ class MountainCarContinuous(MountainCar):
         return torch.stack([position, velocity], -1), reward, terminated
 
 
+class Acrobot(TorchEnv):
+    """Acrobot-v1 ("book" dynamics, no torque noise), integrated with RK4 over one dt as Gymnasium does."""
+
+    env_id, obs_dim, state_dim, act_dim, max_episode_steps = "Acrobot-v1", 6, 4, 3, 500
+    dt, m1, m2, l1, lc1, lc2, moi, g = 0.2, 1.0, 1.0, 1.0, 0.5, 0.5, 1.0, 9.8
+    max_vel_1, max_vel_2 = 4 * math.pi, 9 * math.pi
+
+    def initial(self, n: int) -> torch.Tensor:
+        return self._uniform(n, -0.1, 0.1, 4)
+
+    def observe(self, s: torch.Tensor) -> torch.Tensor:
+        return torch.stack([torch.cos(s[:, 0]), torch.sin(s[:, 0]), torch.cos(s[:, 1]), torch.sin(s[:, 1]),
+                            s[:, 2], s[:, 3]], -1)
+
+    def _dsdt(self, y: torch.Tensor) -> torch.Tensor:
+        m1, m2, l1, lc1, lc2, i1, i2, g = self.m1, self.m2, self.l1, self.lc1, self.lc2, self.moi, self.moi, self.g
+        theta1, theta2, dtheta1, dtheta2, a = y.unbind(-1)
+        d1 = m1 * lc1**2 + m2 * (l1**2 + lc2**2 + 2 * l1 * lc2 * torch.cos(theta2)) + i1 + i2
+        d2 = m2 * (lc2**2 + l1 * lc2 * torch.cos(theta2)) + i2
+        phi2 = m2 * lc2 * g * torch.cos(theta1 + theta2 - math.pi / 2.0)
+        phi1 = (-m2 * l1 * lc2 * dtheta2**2 * torch.sin(theta2)
+                - 2 * m2 * l1 * lc2 * dtheta2 * dtheta1 * torch.sin(theta2)
+                + (m1 * lc1 + m2 * l1) * g * torch.cos(theta1 - math.pi / 2) + phi2)
+        ddtheta2 = (a + d2 / d1 * phi1 - m2 * l1 * lc2 * dtheta1**2 * torch.sin(theta2) - phi2) / (
+            m2 * lc2**2 + i2 - d2**2 / d1)
+        ddtheta1 = -(d2 * ddtheta2 + phi1) / d1
+        return torch.stack([dtheta1, dtheta2, ddtheta1, ddtheta2, torch.zeros_like(a)], -1)
+
+    def dynamics(self, s: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        torque = a.to(s.dtype) - 1.0  # actions 0, 1, 2 are torques -1, 0, +1
+        y0 = torch.cat([s, torque.unsqueeze(-1)], -1)
+        dt, dt2 = self.dt, self.dt / 2.0
+        k1 = self._dsdt(y0)
+        k2 = self._dsdt(y0 + dt2 * k1)
+        k3 = self._dsdt(y0 + dt2 * k2)
+        k4 = self._dsdt(y0 + dt * k3)
+        ns = (y0 + dt / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4))[:, :4]
+        angles = ns[:, :2]
+        for _ in range(2):  # one RK4 step moves an angle by less than 2 pi: two passes always suffice
+            angles = torch.where(angles > math.pi, angles - 2 * math.pi, angles)
+            angles = torch.where(angles < -math.pi, angles + 2 * math.pi, angles)
+        ns = torch.cat([angles, ns[:, 2:3].clamp(-self.max_vel_1, self.max_vel_1),
+                        ns[:, 3:4].clamp(-self.max_vel_2, self.max_vel_2)], -1)
+        terminated = -torch.cos(ns[:, 0]) - torch.cos(ns[:, 1] + ns[:, 0]) > 1.0
+        return ns, torch.where(terminated, 0.0, -1.0).to(s.dtype), terminated
+
+
 TORCH_ENVS: dict[str, type[TorchEnv]] = {c.env_id: c for c in (CartPole, Pendulum, MountainCar,
-                                                                  MountainCarContinuous)}
+                                                                  MountainCarContinuous, Acrobot)}
 
 
 def make_torch_env(env_id: str, num_envs: int, device: str = "cpu", dtype: torch.dtype = torch.float64,
