@@ -29,8 +29,9 @@ class RunConfig:
 
     env: str = _f("CartPole-v1", "Gymnasium environment id")
     seed: int = _f(0, "run seed; every random stream derives from it")
-    backend: str = _f("processes", "where the work runs (vectorized: ES only, batched torch envs on --device)",
-                      ("serial", "processes", "vectorized"))
+    backend: str = _f("processes", "where the work runs (vectorized and ray: ES only so far)",
+                      ("serial", "processes", "vectorized", "ray"))
+    address: str = _f("", "ray: cluster to join ('auto' or host:port); empty starts a local instance on 127.0.0.1")
     device: str = _f("auto", "torch device of the vectorized backend", ("cpu", "cuda", "auto"))
     workers: int = _f(0, "worker processes (0 = number of CPU cores)")
     target_return: float | None = _f(None, "evaluation return that counts as solved (default: the env's reward_threshold)")
@@ -51,8 +52,8 @@ class RunConfig:
                     or (self.max_env_steps and env_steps >= self.max_env_steps))
 
     def validate(self) -> None:
-        _check(self.backend in ("serial", "processes", "vectorized"), "backend", f"unknown backend {self.backend!r}",
-               "serial, processes, vectorized")
+        _check(self.backend in ("serial", "processes", "vectorized", "ray"), "backend",
+               f"unknown backend {self.backend!r}", "serial, processes, vectorized, ray")
         _check(self.device in ("cpu", "cuda", "auto"), "device", f"unknown device {self.device!r}", "cpu, cuda, auto")
         if self.device == "cuda":
             import torch

@@ -106,7 +106,10 @@ def train(run: RunConfig, cfg: ESConfig, overwrite: bool = False, resume: bool =
                                   "es": to_dict(cfg), "resolved": {"target_return": target, "workers": workers,
                                   "num_params": master.dim, "noise_table_size": master.table_size}})
 
-    backend = make_backend("serial" if run.backend == "vectorized" else run.backend, workers)
+    if run.backend == "ray":
+        backend = make_backend("ray", workers, address=run.address or None)
+    else:
+        backend = make_backend("serial" if run.backend == "vectorized" else run.backend, workers)
     progress = Progress(show_progress)
     offset = counters.elapsed_s
 

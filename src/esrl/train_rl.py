@@ -55,8 +55,8 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
     run.validate()
     cfg.validate()
     run_dir_path = run.run_dir or f"runs/{algo}-{run.env}-s{run.seed}"
-    if run.backend == "vectorized":
-        raise InputError("backend", f"{algo} has no vectorized backend yet", "serial, processes")
+    if run.backend in ("vectorized", "ray"):
+        raise InputError("backend", f"{algo} has no {run.backend} backend yet", "serial, processes")
     spec = envs.spec_of(run.env)
     if spec.obs_onehot:
         raise InputError("env", f"{run.env} has Discrete observations; the RL networks take Box observations",

@@ -14,7 +14,7 @@ from typing import Any
 from esrl.backends.base import Backend
 from esrl.errors import InputError
 
-BACKENDS = ("serial", "processes")
+BACKENDS = ("serial", "processes", "ray")
 
 
 def default_workers() -> int:
@@ -31,4 +31,8 @@ def make_backend(name: str, workers: int, **kwargs: Any) -> Backend:
         from esrl.backends.processes import ProcessBackend
 
         return ProcessBackend(workers or default_workers(), **kwargs)
+    if name == "ray":
+        from esrl.backends.ray_backend import RayBackend
+
+        return RayBackend(workers or default_workers(), **kwargs)
     raise InputError("backend", f"unknown backend {name!r}", ", ".join(BACKENDS))

@@ -1,0 +1,208 @@
+"""The Ray backend: ES replicas in Ray actors, on one machine or a cluster.
+
+Same interface and protocol as the processes backend: actors build their replica (and
+noise table) from the setup once; per iteration they receive (iteration, member range)
+tasks and the shaped-return broadcast. Bytes are counted by pickling each message here, as
+the processes backend does, so the two report comparable figures. A dead actor's task is
+requeued, a replacement actor gets the full state, and the event is logged.
+
+Security: a local instance binds to 127.0.0.1 with the dashboard off; joining a cluster
+(`address`) warns when the cluster does not use Ray's token authentication.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import time
+import warnings
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from esrl.backends.base import Traffic
+from esrl.errors import InputError
+
+_DUMP = pickle.HIGHEST_PROTOCOL
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise InputError("backend", "the ray backend needs Ray", "pip install 'esrl[ray]'") from None
+    return ray
+
+
+def init(address: str | None = None, num_cpus: int | None = None) -> bool:
+    """Start or join Ray unless it is running already; True when this call started it."""
+    ray = _ray()
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
+    if address:
+        if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+            warnings.warn("joining a Ray cluster without token authentication (RAY_AUTH_MODE=disabled): anyone who "
+                          "reaches it can run code on it", stacklevel=2)
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", num_cpus=num_cpus,
+                 log_to_driver=False)
+    return True
+
+
+class _ReplicaActor:
+    def __init__(self, setup: Any) -> None:
+        self.replica = setup.build()
+
+    def node(self) -> str:
+        return str(_ray().get_runtime_context().get_node_id())
+
+    def run(self, task: Any) -> tuple[Any, int, float]:
+        t0 = time.perf_counter()
+        result = self.replica.run(task)
+        elapsed = time.perf_counter() - t0
+        return result, len(pickle.dumps(result, _DUMP)), elapsed
+
+    def apply(self, message: Any) -> None:
+        self.replica.apply(message)
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.replica.set_state(state)
+
+    def digest(self) -> str:
+        return str(self.replica.digest())
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+class RayBackend:
+    """N Ray actors, each with a replica; see the module docstring."""
+
+    def __init__(self, workers: int, address: str | None = None, max_restarts: int | None = None) -> None:
+        self.n = workers
+        self.max_restarts = 3 * workers if max_restarts is None else max_restarts
+        self.started_ray = init(address, num_cpus=None if address else max(workers, os.cpu_count() or 1))
+        self.ray = _ray()
+        self.traffic = Traffic()
+        self.events: list[dict[str, Any]] = []
+        self._actor_cls = self.ray.remote(num_cpus=1, max_restarts=0)(_ReplicaActor)
+        self._actors: dict[int, Any] = {}
+        self._next_id = 0
+        self._restarts = 0
+        self._setup: Any = None
+        self._state_fn: Callable[[], dict[str, Any]] | None = None
+
+    @property
+    def live_workers(self) -> int:
+        return len(self._actors)
+
+    def nodes(self) -> list[str]:
+        return list(self.ray.get([a.node.remote() for a in self._actors.values()]))
+
+    def pids(self) -> dict[int, int]:
+        return dict(zip(self._actors, self.ray.get([a.pid.remote() for a in self._actors.values()]), strict=True))
+
+    def start(self, setup: Any, state_fn: Callable[[], dict[str, Any]]) -> None:
+        self._setup, self._state_fn = setup, state_fn
+        state = state_fn()
+        for _ in range(self.n):
+            self._spawn(state)
+
+    def _spawn(self, state: dict[str, Any]) -> int:
+        wid = self._next_id
+        self._next_id += 1
+        actor = self._actor_cls.remote(self._setup)
+        self._count_sent("state", state)
+        actor.set_state.remote(state)
+        self._actors[wid] = actor
+        return wid
+
+    def _count_sent(self, kind: str, body: Any) -> None:
+        self.traffic.sent[kind] += len(pickle.dumps(body, _DUMP))
+        self.traffic.messages += 1
+
+    def _lost(self, wid: int, why: str, task: Any = None) -> None:
+        actor = self._actors.pop(wid, None)
+        if actor is None:
+            return
+        try:
+            self.ray.kill(actor)
+        except Exception:  # already gone
+            pass
+        event: dict[str, Any] = {"event": "worker_died", "worker": wid, "why": why,
+                                 "requeued_task": None if task is None else repr(task)}
+        if self._restarts < self.max_restarts:
+            assert self._state_fn is not None
+            self._restarts += 1
+            event["replacement"] = self._spawn(self._state_fn())
+        self.events.append(event)
+        if not self._actors:
+            raise RuntimeError("all Ray workers died and the restart limit is spent")
+
+    def run(self, tasks: Sequence[Any]) -> list[Any]:
+        queue: deque[tuple[int, Any]] = deque(enumerate(tasks))
+        results: list[Any] = [None] * len(tasks)
+        pending: dict[Any, tuple[int, int, Any]] = {}  # object ref -> (worker, task id, task)
+        remaining = len(tasks)
+        while remaining:
+            busy = {w for w, _, _ in pending.values()}
+            for wid, actor in list(self._actors.items()):
+                if wid not in busy and queue:
+                    tid, task = queue.popleft()
+                    self._count_sent("task", task)
+                    pending[actor.run.remote(task)] = (wid, tid, task)
+            ready, _ = self.ray.wait(list(pending), num_returns=1, timeout=5.0)
+            for ref in ready:
+                wid, tid, task = pending.pop(ref)
+                try:
+                    result, nbytes, compute = self.ray.get(ref)
+                except self.ray.exceptions.RayActorError as exc:
+                    queue.appendleft((tid, task))
+                    self._lost(wid, type(exc).__name__, task)
+                    continue
+                results[tid] = result
+                self.traffic.received["result"] += nbytes
+                self.traffic.messages += 1
+                self.traffic.compute_s += compute
+                remaining -= 1
+        return results
+
+    def broadcast(self, message: Any) -> None:
+        for actor in self._actors.values():
+            self._count_sent("apply", message)
+            actor.apply.remote(message)  # calls from one caller run in order on an actor
+
+    def verify(self, digest: str) -> list[int]:
+        wids = list(self._actors)
+        refs = [self._actors[w].digest.remote() for w in wids]
+        wrong = []
+        for wid, ref in zip(wids, refs, strict=True):
+            self.traffic.messages += 1
+            try:
+                got = self.ray.get(ref)
+            except self.ray.exceptions.RayActorError as exc:
+                self._lost(wid, type(exc).__name__)
+                continue
+            self.traffic.received["digest"] += len(got)
+            if got != digest:
+                wrong.append(wid)
+        if wrong:
+            assert self._state_fn is not None
+            state = self._state_fn()
+            for wid in wrong:
+                self._count_sent("state", state)
+                self._actors[wid].set_state.remote(state)
+                self.events.append({"event": "resync", "worker": wid})
+        return wrong
+
+    def close(self) -> None:
+        for actor in self._actors.values():
+            try:
+                self.ray.kill(actor)
+            except Exception:
+                pass
+        self._actors.clear()
+        if self.started_ray:
+            self.ray.shutdown()
