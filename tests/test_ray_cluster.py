@@ -1,0 +1,57 @@
+"""ES on a Ray cluster of several nodes on this machine: the run spans nodes and survives losing one."""
+
+import numpy as np
+import pytest
+
+from esrl import envs
+from esrl.config import ESConfig
+from esrl.es import algorithm as es
+
+ray = pytest.importorskip("ray")
+cluster_utils = pytest.importorskip("ray.cluster_utils")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    if ray.is_initialized():
+        ray.shutdown()
+    c = cluster_utils.Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    nodes = [c.add_node(num_cpus=2) for _ in range(2)]
+    c.wait_for_nodes()
+    ray.init(address=c.address, log_to_driver=False)
+    yield c, nodes
+    ray.shutdown()
+    c.shutdown()
+
+
+def _iteration(backend, master, cfg, t):
+    res = es.gather(backend.run(es.tasks(t, cfg.population, 2, backend.live_workers)), cfg.population, 2)
+    update, _ = es.make_update(cfg, t, res, 500)
+    backend.broadcast(update)
+    master.apply(update)
+
+
+def test_run_spans_both_nodes_and_survives_losing_one(cluster):
+    from esrl.backends.ray_backend import RayBackend
+
+    c, nodes = cluster
+    cfg = ESConfig(population=16, hidden=(8,), noise_table_size=1 << 16)
+    setup = es.ESSetup(cfg, envs.spec_of("CartPole-v1"), 0)
+    master, twin = setup.build(), setup.build()
+    backend = RayBackend(2, address=c.address)
+    backend.start(setup, master.get_state)
+    try:
+        assert len(set(backend.nodes())) == 2  # the actors really sit on two nodes
+        for t in range(2):
+            _iteration(backend, master, cfg, t)
+        c.remove_node(nodes[0])
+        for t in range(2, 4):
+            _iteration(backend, master, cfg, t)
+        assert any(e["event"] == "worker_died" for e in backend.events)
+        assert backend.live_workers == 2 and backend.verify(master.digest()) == []
+    finally:
+        backend.close()
+    for t in range(4):  # the same four iterations without any failure
+        res = es.gather([twin.run(task) for task in es.tasks(t, 16, 2, 1)], 16, 2)
+        twin.apply(es.make_update(cfg, t, res, 500)[0])
+    assert np.array_equal(master.theta, twin.theta)
