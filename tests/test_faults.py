@@ -103,3 +103,32 @@ def test_es_traffic_does_not_grow_with_the_parameter_count(tmp_path):
         lines = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
         per_kind[hidden] = {k: lines[1]["bytes_sent"][k] for k in ("task", "apply")}
     assert per_kind[(8,)] == per_kind[(256, 256)]
+
+
+def test_workers_die_with_a_killed_coordinator(tmp_path):
+    """SIGKILL to the coordinator alone: the kernel takes its workers too (no orphans)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "esrl.cli", "train", "es", "--workers", "2", "--max-seconds", "60",
+                             "--target-return", "1e9", "--run-dir", str(tmp_path / "r"), "--quiet"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    children: list[int] = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(children) < 2:
+        time.sleep(0.05)
+        try:
+            children = [int(c) for c in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+        except OSError:
+            children = []
+    assert len(children) == 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(Path(f"/proc/{c}").exists() and "Z" not in
+                                              Path(f"/proc/{c}/stat").read_text().split()[2] for c in children):
+        time.sleep(0.05)
+    assert not any(Path(f"/proc/{c}").exists() and "Z" not in Path(f"/proc/{c}/stat").read_text().split()[2]
+                   for c in children)

@@ -189,3 +189,20 @@ def test_sweep_settings_are_validated_before_any_run(tmp_path):
                           str(tmp_path / "x")], capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and res.stderr.startswith("esrl: error: population:"), res.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_interrupted_runs_are_not_finished(tmp_path):
+    from esrl.experiments.sweep import SweepSpec, finished
+
+    d = tmp_path / "r"
+    d.mkdir()
+    (d / "summary.json").write_text(json.dumps({"stop_reason": "interrupted"}))
+    assert not finished(d)
+    (d / "summary.json").write_text(json.dumps({"stop_reason": "budget"}))
+    assert finished(d)
+    from esrl.errors import InputError
+
+    with pytest.raises(InputError, match=r"^backend: "):
+        SweepSpec(algos=["dqn"], backend="vectorized").validate()
+    with pytest.raises(InputError, match=r"^target_return: "):
+        SweepSpec(algos=["es"], target_return="500").validate()

@@ -129,3 +129,27 @@ def test_lock_store_survives_a_worker_killed_while_holding_the_lock():
     q.start()
     q.join(30)
     assert q.exitcode == 0 and store.snapshot()[2] == 5
+
+
+def _ask_and_die(client):
+    import os
+
+    client.on_start()
+    client.conns[0].send_bytes(b"p")
+    os._exit(9)
+
+
+def test_param_server_survives_an_asker_that_dies_before_the_reply():
+    store = make_store("param-server", torch.zeros(10), SPEC, CTX, slots=2, shards=1)
+    try:
+        p = CTX.Process(target=_ask_and_die, args=(store.client(0),))
+        p.start()
+        store.release(0)
+        p.join(10)
+        q = CTX.Process(target=_pusher, args=(store.client(1), 5, 1.0))
+        q.start()
+        store.release(1)
+        q.join(30)
+        assert q.exitcode == 0 and store.snapshot()[2] == 5
+    finally:
+        store.close()

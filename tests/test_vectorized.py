@@ -47,3 +47,9 @@ def test_input_errors(tmp_path):
         with pytest.raises(InputError, match=r"^device: "):
             train(vec_run(tmp_path / "r", device="cuda"), tiny_es(), show_progress=False)
     assert not (tmp_path / "r").exists()
+
+
+def test_vectorized_refuses_action_noise(tmp_path):
+    with pytest.raises(InputError, match=r"^action_noise: "):
+        train(vec_run(tmp_path / "r"), tiny_es(action_noise=0.1), show_progress=False)
+    assert not (tmp_path / "r").exists()

@@ -356,3 +356,18 @@ def load_run(run_dir: str | Path) -> tuple[str, RunConfig, Any]:
     if algo not in ALGORITHMS or algo not in data:
         raise InputError("run_dir", f"{run_dir}/config.json names no known algorithm", ", ".join(ALGORITHMS))
     return algo, build(RunConfig, data["run"]), build(ALGORITHMS[algo], data[algo])
+
+
+def check_combination(algo: str, run: RunConfig, cfg: Any, obs_onehot: bool = False) -> None:
+    """Refuse algorithm x backend x env combinations that cannot run, before anything starts."""
+    if algo != "es":
+        _check(run.backend in ("serial", "processes"), "backend", f"{algo} has no {run.backend} backend yet",
+               "serial, processes")
+        _check(not obs_onehot, "env", f"{run.env} has Discrete observations; the RL networks take Box ones",
+               "an env with a Box observation space")
+    elif run.backend == "vectorized":
+        from esrl.envs_torch import TORCH_ENVS
+
+        _check(run.env in TORCH_ENVS, "env", f"the vectorized backend has no batched torch version of {run.env!r}",
+               ", ".join(TORCH_ENVS))
+        _check(cfg.action_noise == 0, "action_noise", "the vectorized backend does not add action noise yet", "0")

@@ -203,7 +203,7 @@ class Acrobot(TorchEnv):
         k4 = self._dsdt(y0 + dt * k3)
         ns = (y0 + dt / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4))[:, :4]
         angles = ns[:, :2]
-        for _ in range(2):  # one RK4 step moves an angle by less than 2 pi: two passes always suffice
+        while bool(((angles > math.pi) | (angles < -math.pi)).any()):  # Gymnasium's wrap: repeated 2 pi steps
             angles = torch.where(angles > math.pi, angles - 2 * math.pi, angles)
             angles = torch.where(angles < -math.pi, angles + 2 * math.pi, angles)
         ns = torch.cat([angles, ns[:, 2:3].clamp(-self.max_vel_1, self.max_vel_1),

@@ -92,3 +92,22 @@ class Flag:
 
     def is_set(self) -> bool:
         return bool(self._raw.value)
+
+
+def die_with_parent() -> None:
+    """Linux: have the kernel SIGKILL this process when the process that forked it dies.
+
+    Workers hold the coordinator's pipe ends too, so they would never see it go; without
+    this a SIGKILLed coordinator would leave them running (or blocked) forever.
+    """
+    import ctypes
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except OSError:
+        pass

@@ -15,8 +15,7 @@ import numpy as np
 
 from esrl import __version__, envs
 from esrl.backends import default_workers, make_backend
-from esrl.config import ESConfig, RunConfig, to_dict
-from esrl.errors import InputError
+from esrl.config import ESConfig, RunConfig, check_combination, to_dict
 from esrl.es import algorithm as es
 from esrl.progress import Progress
 from esrl.runs import checkpoint, interrupts
@@ -75,17 +74,22 @@ def train(run: RunConfig, cfg: ESConfig, overwrite: bool = False, resume: bool =
     spec = envs.spec_of(run.env)
     target = resolve_target(run, spec)
     setup: es.ESSetup = es.ESSetup(cfg, spec, run.seed)
+    check_combination(ALGORITHM, run, cfg)
     if run.backend == "vectorized":
-        from esrl.envs_torch import TORCH_ENVS
         from esrl.es.vectorized import ESTorchSetup
 
-        if run.env not in TORCH_ENVS:
-            raise InputError("env", f"the vectorized backend has no batched torch version of {run.env!r}",
-                             ", ".join(TORCH_ENVS))
         setup = ESTorchSetup(cfg, spec, run.seed, device=_device(run.device))
 
     state: dict[str, Any] | None = None
     counters = Counters()
+    workers = 1 if run.backend in ("serial", "vectorized") else (run.workers or default_workers())
+    if not resume:
+        RunDir.check_new(run_dir_path, overwrite)
+    # the backend starts (or joins Ray) before anything on disk changes: a bad address loses no run
+    if run.backend == "ray":
+        backend = make_backend("ray", workers, address=run.address or None)
+    else:
+        backend = make_backend("serial" if run.backend == "vectorized" else run.backend, workers)
     if resume:
         rd = RunDir.open(run_dir_path)
         master = setup.build()
@@ -97,19 +101,17 @@ def train(run: RunConfig, cfg: ESConfig, overwrite: bool = False, resume: bool =
             master.set_state(state)
         rd.truncate_metrics(master.iteration)
     else:
-        RunDir.check_new(run_dir_path, overwrite)
         master = setup.build()  # the noise table is built before workers fork: they share it
-        rd = RunDir.create(run_dir_path, overwrite)
+        try:
+            rd = RunDir.create(run_dir_path, overwrite)
+        except BaseException:
+            backend.close()
+            raise
     run = dataclasses.replace(run, run_dir=str(rd.path))
-    workers = 1 if run.backend in ("serial", "vectorized") else (run.workers or default_workers())
     rd.write_json("config.json", {"algorithm": ALGORITHM, "esrl_version": __version__, "run": to_dict(run),
                                   "es": to_dict(cfg), "resolved": {"target_return": target, "workers": workers,
                                   "num_params": master.dim, "noise_table_size": master.table_size}})
 
-    if run.backend == "ray":
-        backend = make_backend("ray", workers, address=run.address or None)
-    else:
-        backend = make_backend("serial" if run.backend == "vectorized" else run.backend, workers)
     progress = Progress(show_progress)
     offset = counters.elapsed_s
 

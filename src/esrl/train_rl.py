@@ -18,7 +18,7 @@ import torch
 from esrl import __version__, envs, seeding
 from esrl.backends import default_workers
 from esrl.backends.pool import ProcessPool, SerialPool, WorkerFailure, context
-from esrl.config import RunConfig, to_dict
+from esrl.config import RunConfig, check_combination, to_dict
 from esrl.errors import InputError
 from esrl.progress import Progress
 from esrl.rl import nets
@@ -55,12 +55,9 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
     run.validate()
     cfg.validate()
     run_dir_path = run.run_dir or f"runs/{algo}-{run.env}-s{run.seed}"
-    if run.backend in ("vectorized", "ray"):
-        raise InputError("backend", f"{algo} has no {run.backend} backend yet", "serial, processes")
+    check_combination(algo, run, cfg)
     spec = envs.spec_of(run.env)
-    if spec.obs_onehot:
-        raise InputError("env", f"{run.env} has Discrete observations; the RL networks take Box observations",
-                         "an env with a Box observation space")
+    check_combination(algo, run, cfg, spec.obs_onehot)
     workers = run.workers or default_workers()
     setup = setup_for(algo, cfg, spec, run.seed)
     ctx = context()
@@ -125,6 +122,7 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
     before = pool.traffic.snapshot()
     last: dict[str, Any] = {}
     stop_reason, failure = "budget", None
+    hard_stop = False
     with interrupts.deferred():
         try:
             pool.start()
@@ -172,14 +170,15 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
                     break
         except WorkerFailure as exc:
             stop_reason, failure = ("nonfinite" if exc.nonfinite else "worker_error"), str(exc)
-        except KeyboardInterrupt:
-            stop_reason = "interrupted"
+        except KeyboardInterrupt:  # a second Ctrl-C: a serial update may be half applied
+            stop_reason, failure = "interrupted", None
+            hard_stop = True
         finally:
             for rep in pool.close():
                 updates += rep.updates
                 counters.env_steps += rep.env_steps
                 counters.episodes += len(rep.returns)
-    if failure is None and stop_reason != "solved":
+    if failure is None and stop_reason != "solved" and not hard_stop:
         save_checkpoint(store.snapshot(), iteration)
     store.close()
     summary = {

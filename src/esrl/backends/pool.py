@@ -20,7 +20,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from esrl.backends.base import Traffic
-from esrl.shm import Flag
+from esrl.shm import Flag, die_with_parent
 
 REPORT_S = 0.1
 
@@ -51,7 +51,9 @@ def _send_report(conn: Connection, wid: int, acc: Any, clients: list[Any], compu
 
 
 def _worker_main(setup: Any, wid: int, client: Any, conn: Connection, stop: Any) -> None:
+    die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     import torch
 
     torch.set_num_threads(1)

@@ -22,12 +22,15 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from esrl.backends.base import Traffic
+from esrl.shm import die_with_parent
 
 _DUMP = pickle.HIGHEST_PROTOCOL
 
 
 def _worker_main(conn: Connection, setup: Any) -> None:
+    die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the coordinator's to handle
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     try:
         replica = setup.build()

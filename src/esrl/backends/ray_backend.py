@@ -40,14 +40,18 @@ def init(address: str | None = None, num_cpus: int | None = None) -> bool:
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
-    if address:
-        if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
-            warnings.warn("joining a Ray cluster without token authentication (RAY_AUTH_MODE=disabled): anyone who "
-                          "reaches it can run code on it", stacklevel=2)
-        ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", num_cpus=num_cpus,
-                 log_to_driver=False)
+    try:
+        if address:
+            if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+                warnings.warn("joining a Ray cluster without token authentication (RAY_AUTH_MODE=disabled): anyone "
+                              "who reaches it can run code on it", stacklevel=2)
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", num_cpus=num_cpus,
+                     log_to_driver=False)
+    except Exception as exc:  # Ray raises ConnectionError, ValueError, RuntimeError... for a bad address
+        raise InputError("address", f"cannot {'join' if address else 'start'} Ray: {exc}".splitlines()[0],
+                         "'auto', host:port of a running cluster, or empty for a local instance") from None
     return True
 
 

@@ -72,6 +72,9 @@ def load(sweep_dir: str | Path) -> tuple[dict[str, Any], list[RunRecord]]:
                         rec.metrics = [json.loads(x) for x in (rd / "metrics.jsonl").read_text().splitlines() if x]
                     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
                         rec.status = f"corrupt: {exc.__class__.__name__}"
+                    else:
+                        if rec.summary.get("stop_reason") == "interrupted":
+                            rec.status = "unfinished"
                 records.append(rec)
     return spec, records
 

@@ -55,11 +55,17 @@ class SweepSpec:
         for a in self.settings:
             if a not in self.algos:
                 raise InputError("settings", f"settings for {a!r}, which the sweep does not run", ", ".join(self.algos))
-        for a in self.algos:
-            config.build(config.ALGORITHMS[a], self.settings.get(a, {})).validate()
+        if self.target_return is not None and not isinstance(self.target_return, int | float):
+            raise InputError("target_return", f"expected a number, got {self.target_return!r}")
+        if not isinstance(self.max_seconds, int | float):
+            raise InputError("max_seconds", f"expected a number, got {self.max_seconds!r}")
+        spec = envs.spec_of(self.env)
         for w in self.workers:
             self.run_config(w, 0, Path(".")).validate()
-        envs.spec_of(self.env)
+        for a in self.algos:
+            cfg = config.build(config.ALGORITHMS[a], self.settings.get(a, {}))
+            cfg.validate()
+            config.check_combination(a, self.run_config(1, 0, Path(".")), cfg, spec.obs_onehot)
 
     def run_config(self, workers: int, seed: int, run_dir: Path) -> config.RunConfig:
         try:
@@ -75,6 +81,14 @@ class SweepSpec:
 
 def run_name(algo: str, workers: int, seed: int) -> str:
     return f"{algo}-w{workers}-s{seed}"
+
+
+def finished(run_dir: Path) -> bool:
+    """A run is finished when its summary exists and it was not interrupted."""
+    try:
+        return json.loads((run_dir / "summary.json").read_text()).get("stop_reason") != "interrupted"
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return False
 
 
 
@@ -104,7 +118,7 @@ def sweep(spec: SweepSpec, out: str | Path, show_progress: bool = True) -> list[
     t0 = time.perf_counter()
     for k, (algo, workers, seed) in enumerate(grid):
         d = out / run_name(algo, workers, seed)
-        done = (d / "summary.json").is_file()
+        done = finished(d)
         if show_progress:
             print(f"sweep: {k} done, 1 running, {len(grid) - k - 1} left | {d.name}"
                   f"{' (finished earlier, skipped)' if done else ''} | {time.perf_counter() - t0:.0f}s",
@@ -128,6 +142,10 @@ def sweep(spec: SweepSpec, out: str | Path, show_progress: bool = True) -> list[
         except InputError as exc:  # one failed run (say, a NaN) is recorded; the sweep goes on
             records.append({"run": d.name, "skipped": False, "error": str(exc)})
             continue
+        except KeyboardInterrupt:
+            if show_progress:
+                print(f"sweep: interrupted during {d.name}; run the same command again to finish", file=sys.stderr)
+            raise
         records.append({"run": d.name, "skipped": False, "solved": summary["solved"],
                         "time_to_threshold_s": summary["time_to_threshold_s"]})
     if show_progress:

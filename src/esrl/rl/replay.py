@@ -58,4 +58,7 @@ class Replay:
 
     def sample(self, n: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
         idx = torch.randint(0, len(self), (n,), generator=gen)
-        return self.obs[idx], self.action[idx], self.reward[idx], self.next_obs[idx], self.done[idx]
+        if self._lock is None:
+            return self.obs[idx], self.action[idx], self.reward[idx], self.next_obs[idx], self.done[idx]
+        with self._lock:  # a shared replay: never a row half overwritten by another worker's add
+            return self.obs[idx], self.action[idx], self.reward[idx], self.next_obs[idx], self.done[idx]

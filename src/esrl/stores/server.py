@@ -31,6 +31,13 @@ def _floats(data: bytes | bytearray | memoryview, offset: int) -> torch.Tensor:
 
 def _server_main(params: torch.Tensor, spec: OptimSpec, conns: list[Connection], control: Connection,
                  foreign: list[Connection]) -> None:
+    import signal
+
+    from esrl.shm import die_with_parent
+
+    die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator stops the servers; Ctrl-C is not theirs
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     torch.set_num_threads(1)
     for c in foreign:  # pipe ends this server must not hold, or it would never see a dead worker's EOF
         c.close()
@@ -38,6 +45,15 @@ def _server_main(params: torch.Tensor, spec: OptimSpec, conns: list[Connection],
     version = 0
     pending: dict[Connection, list[int]] = defaultdict(list)
     alive = [*conns, control]
+
+    def reply(c: Connection, data: bytes) -> None:
+        try:
+            c.send_bytes(data)
+        except OSError:  # the asker died before reading: drop its pipe, serve the others
+            if c in alive:
+                alive.remove(c)
+            pending.pop(c, None)
+
     while alive:
         for ready in wait(alive):
             c = cast(Connection, ready)
@@ -54,10 +70,9 @@ def _server_main(params: torch.Tensor, spec: OptimSpec, conns: list[Connection],
                 optim.apply(spec, params, _floats(data, 9), state, version)
             elif kind == b"p":  # pull: version, staleness of this client's pushes since, parameters
                 st = np.asarray(pending.pop(c, []), np.int64)
-                c.send_bytes(_QQ.pack(version, st.size) + st.tobytes() + params.numpy().tobytes())
+                reply(c, _QQ.pack(version, st.size) + st.tobytes() + params.numpy().tobytes())
             elif kind == b"s":  # snapshot for the coordinator
-                c.send_bytes(_Q.pack(version) + b"".join(t.numpy().tobytes() for t in (params, state["m"],
-                                                                                        state["v"])))
+                reply(c, _Q.pack(version) + b"".join(t.numpy().tobytes() for t in (params, state["m"], state["v"])))
             elif kind == b"l":  # load a snapshot
                 (version,) = _Q.unpack_from(data, 1)
                 n = params.numel()
@@ -65,7 +80,7 @@ def _server_main(params: torch.Tensor, spec: OptimSpec, conns: list[Connection],
                 params.copy_(flat[:n])
                 state["m"].copy_(flat[n : 2 * n])
                 state["v"].copy_(flat[2 * n :])
-                c.send_bytes(b"k")
+                reply(c, b"k")
             elif kind == b"x":
                 return
 
