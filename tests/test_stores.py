@@ -138,3 +138,17 @@ def test_param_server_survives_a_worker_dying_on_the_wire(die):
         assert store.snapshot()[2] == 5  # the server dropped the dead pipe and served the others
     finally:
         store.close()
+
+
+def test_process_locks_leave_no_files():
+    import glob
+
+    from esrl.shm import Counter
+
+    before = set(glob.glob("/tmp/esrl-lock-*"))
+    c = Counter(CTX)
+    p = CTX.Process(target=c.add, args=(5,))
+    p.start()
+    p.join(10)
+    assert c.add(1) == 6  # the child's increment went through the same lock and memory
+    assert set(glob.glob("/tmp/esrl-lock-*")) == before  # unlinked at birth: nothing to leak

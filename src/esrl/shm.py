@@ -16,44 +16,61 @@ from typing import Any
 
 
 class ProcessLock:
-    """Exclusive lock across processes (and threads of one process); released if the holder dies."""
+    """Exclusive lock across processes (and threads of one process); released if the holder dies.
+
+    The lock file is unlinked as soon as it is made, so nothing is left behind whatever
+    happens; each process reopens it through /proc/self/fd (its own open file description,
+    which is what flock locks) from the descriptor it inherited at fork.
+    """
 
     def __init__(self) -> None:
-        fd, self.path = tempfile.mkstemp(prefix="esrl-lock-")
-        os.close(fd)
+        fd, path = tempfile.mkstemp(prefix="esrl-lock-")
+        self._base = fd
+        self._path: str | None = path
+        if os.path.isdir("/proc/self/fd"):
+            os.unlink(path)
+            self._path = None
         self._creator = os.getpid()
         self._fd, self._pid = -1, -1
         self._thread_lock = threading.Lock()
+        self._setup_lock = threading.Lock()
 
-    def __getstate__(self) -> dict[str, Any]:  # for spawn: a fresh descriptor in the new process
-        return {"path": self.path, "_creator": self._creator}
+    def __getstate__(self) -> dict[str, Any]:  # spawn (no /proc): the child reopens the file by path
+        if self._path is None:
+            raise TypeError("a ProcessLock travels to a child by fork on Linux, not by pickling")
+        return {"_path": self._path, "_base": -1, "_creator": self._creator}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._fd, self._pid = -1, -1
         self._thread_lock = threading.Lock()
+        self._setup_lock = threading.Lock()
 
     def _handle(self) -> int:
-        if self._pid != os.getpid():  # flock belongs to an open file: each process opens its own
-            self._fd = os.open(self.path, os.O_RDWR)
-            self._pid = os.getpid()
-            self._thread_lock = threading.Lock()
+        if self._pid != os.getpid():
+            with self._setup_lock:
+                if self._pid != os.getpid():  # flock belongs to an open file: each process opens its own
+                    src = f"/proc/self/fd/{self._base}" if self._path is None else self._path
+                    self._fd = os.open(src, os.O_RDWR)
+                    self._thread_lock = threading.Lock()
+                    self._pid = os.getpid()
         return self._fd
 
     def __enter__(self) -> ProcessLock:
         fd = self._handle()
         self._thread_lock.acquire()
         fcntl.flock(fd, fcntl.LOCK_EX)
+        self._held = fd
         return self
 
     def __exit__(self, *exc: object) -> None:
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        fcntl.flock(self._held, fcntl.LOCK_UN)
         self._thread_lock.release()
 
     def __del__(self) -> None:
-        if getattr(self, "_creator", None) == os.getpid():
+        if getattr(self, "_creator", None) == os.getpid() and getattr(self, "_path", None):
             try:
-                os.unlink(self.path)
+                os.unlink(self._path)  # type: ignore[arg-type]
             except OSError:
                 pass
 
