@@ -143,7 +143,8 @@ def train(run: RunConfig, cfg: ESConfig, overwrite: bool = False, resume: bool =
                 it_start = time.perf_counter()
                 before = backend.traffic.snapshot()
                 n_eval = run.eval_episodes if t % run.eval_every == 0 else 0
-                results = es.gather(backend.run(es.tasks(t, cfg.population, n_eval, workers, cfg.chunk)), cfg.population, n_eval)
+                work = es.tasks(t, cfg.population, n_eval, workers, cfg.chunk, getattr(backend, "task_tail", 64))
+                results = es.gather(backend.run(work), cfg.population, n_eval)
                 eval_return = float(results.eval_returns.mean()) if n_eval else None
                 counters.env_steps += int(results.lengths.sum() + results.eval_lengths.sum())
                 counters.episodes += cfg.population + n_eval

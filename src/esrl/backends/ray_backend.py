@@ -84,6 +84,8 @@ class _ReplicaActor:
 class RayBackend:
     """N Ray actors, each with a replica; see the module docstring."""
 
+    task_tail = 8  # a Ray call costs ~1 ms: end an iteration with a few larger ranges, not many tiny ones
+
     def __init__(self, workers: int, address: str | None = None, max_restarts: int | None = None) -> None:
         self.n = workers
         self.max_restarts = 3 * workers if max_restarts is None else max_restarts

@@ -211,7 +211,7 @@ def obs_record_mask(seed: int, t: int, population: int, fraction: float) -> np.n
     return seeding.rng(seed, "obs_record", t).random(population) < fraction
 
 
-def tasks(t: int, population: int, eval_episodes: int, workers: int, chunk: int = 0
+def tasks(t: int, population: int, eval_episodes: int, workers: int, chunk: int = 0, tail: int = 64
           ) -> list[tuple[str, int, int, int]]:
     """The work of iteration t, in the order it should be handed out: contiguous ranges.
 
@@ -224,7 +224,7 @@ def tasks(t: int, population: int, eval_episodes: int, workers: int, chunk: int 
     if eval_episodes:
         step = math.ceil(eval_episodes / workers)
         out += [("eval", t, lo, min(lo + step, eval_episodes)) for lo in range(0, eval_episodes, step)]
-    smallest = max(2, population // (64 * workers))
+    smallest = max(2, population // (tail * workers))  # a backend with costly messages asks for a shorter tail
     lo = 0
     while lo < population:
         size = chunk or max(smallest, math.ceil((population - lo) / workers))
