@@ -106,8 +106,8 @@ def test_dynaq_plans_at_the_configured_ratio(tmp_path, workers):
     real = sum(m["counts"].get("real_transitions", 0) for m in lines)
     sim = sum(m["counts"].get("simulated_transitions", 0) for m in lines)
     assert real > 0 and sim > 0
-    # planning is throttled to planning_ratio x real transitions (one batch of slack per planner)
-    assert sim <= 2.0 * real + workers * 32
+    # planning is throttled to planning_ratio x real transitions (one batch of slack in all)
+    assert sim <= 2.0 * real + 32
     assert any("model" in m["losses"] for m in lines) and s["updates"] > 0
 
 

@@ -100,7 +100,10 @@ class DynaActor(DQNWorker):
             report.add_loss(model=float(loss))
             if self.planner is not None:
                 while self.planner.due():
-                    report.merge(self.planner.plan_once())
+                    planned = self.planner.plan_once()
+                    if not planned.updates:
+                        break
+                    report.merge(planned)
         return report
 
 
@@ -126,10 +129,19 @@ class Planner:
         real = self.replay.added
         return real >= self.cfg.learning_starts and self.setup.simulated.value < self.cfg.planning_ratio * real
 
+    def reserve(self, n: int) -> bool:
+        """Claim n simulated transitions; planners racing for the last ones cannot overshoot together."""
+        limit = self.cfg.planning_ratio * self.replay.added
+        if self.setup.simulated.add(n) <= limit + n:  # the batch that crosses the limit may run; no more
+            return True
+        self.setup.simulated.add(-n)
+        return False
+
     def plan_once(self) -> Report:
         report = Report()
         n = self.cfg.batch_size
-        self.setup.simulated.add(n)
+        if not self.reserve(n):
+            return report
         self.model_client.pull(self.model_flat)
         nets.set_flat(self.model, self.model_flat)
         obs = self.replay.sample(n, self.gen)[0]
@@ -142,10 +154,10 @@ class Planner:
         return report
 
     def step(self) -> Report:
-        if not self.due():
+        report = self.plan_once() if self.due() else Report()
+        if not report.updates:
             time.sleep(0.001)  # wait for real experience: the ratio, not the planners, sets the pace
-            return Report()
-        return self.plan_once()
+        return report
 
 
 def real_fraction(counts: dict[str, int]) -> float | None:
