@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from esrl import seeding
-from esrl.envs_torch import make_torch_env
+from esrl.envs_torch import TORCH_ENVS, make_torch_env
 from esrl.es.algorithm import ESReplica, ESSetup, obs_record_mask
 
 MAX_BATCH_FLOATS = 1 << 26  # members x params per chunk on the device
@@ -51,15 +51,63 @@ class ESTorchReplica(ESReplica):
         theta = torch.from_numpy(self.theta).to(self.device)
         return theta[None, :] + float(self.cfg.sigma) * self.table_dev[idx] * sign
 
+    def _policy(self, p: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, inv_std: torch.Tensor) -> torch.Tensor:
+        """Outputs of every row's MLP on its observation: one batched matmul per layer."""
+        h = ((x.float() - mean) * inv_std).clamp_(-self.cfg.obs_clip, self.cfg.obs_clip)
+        layers = self.policy.layer_sizes
+        o = 0
+        for k, (fan_in, fan_out) in enumerate(layers):
+            w = p[:, o : o + fan_in * fan_out].view(-1, fan_out, fan_in)
+            o += fan_in * fan_out
+            h = torch.baddbmm(p[:, o : o + fan_out].unsqueeze(-1), w, h.unsqueeze(-1)).squeeze(-1)
+            o += fan_out
+            if k < len(layers) - 1:
+                h = torch.tanh_(h)
+        return h
+
+    def _rollout_gym(self, params: torch.Tensor, seed: int, caps: torch.Tensor, record: np.ndarray
+                     ) -> dict[str, Any]:
+        """Envs without a torch version: policies batched on the device, Gymnasium envs stepped on the CPU."""
+        n = params.shape[0]
+        seeds = seeding.rng(seed, "vector_gym_resets").integers(0, 2**31 - 1, size=n)
+        mean, inv_std = (torch.from_numpy(x).to(self.device) for x in self.normalizer())
+        pol = self.policy
+        env_list = self.envs_for(n)
+        x = pol.preprocess(np.stack([e.reset(seed=int(s))[0] for e, s in zip(env_list, seeds, strict=True)]))
+        returns, lengths = np.zeros(n), np.zeros(n, np.int64)
+        obs_sum = np.zeros((n, pol.spec.obs_dim))
+        obs_sq = np.zeros_like(obs_sum)
+        obs_n = np.zeros(n, np.int64)
+        cap = np.minimum(caps.numpy(), pol.spec.max_episode_steps)
+        rows = np.arange(n)
+        while rows.size:
+            xr = x[rows]
+            rec = record[rows]
+            obs_sum[rows[rec]] += xr[rec]
+            obs_sq[rows[rec]] += xr[rec].astype(np.float64) ** 2
+            obs_n[rows[rec]] += 1
+            out = self._policy(params[torch.from_numpy(rows).to(self.device)],
+                               torch.from_numpy(xr).to(self.device), mean, inv_std).cpu().numpy()
+            actions = pol.to_actions(out)
+            keep = np.ones(rows.size, bool)
+            for j, i in enumerate(rows):
+                obs, r, term, trunc, _ = env_list[i].step(int(actions[j]) if pol.spec.discrete else actions[j])
+                returns[i] += float(r)
+                lengths[i] += 1
+                x[i] = pol.preprocess(np.asarray([obs]))[0]
+                keep[j] = not (term or trunc or lengths[i] >= cap[i])
+            rows = rows[keep]
+        return {"returns": returns, "lengths": lengths,
+                "obs": [(int(i), obs_sum[i], obs_sq[i], int(obs_n[i])) for i in np.flatnonzero(record)]}
+
     def _rollout(self, params: torch.Tensor, seed: int, caps: torch.Tensor, record: np.ndarray) -> dict[str, Any]:
         """One episode per parameter row, all rows stepped together; row i stops at caps[i] steps."""
+        if self.setup.spec.env_id not in TORCH_ENVS:
+            return self._rollout_gym(params, seed, caps, record)
         n = params.shape[0]
         env = make_torch_env(self.setup.spec.env_id, n, str(self.device), torch.float64, seed)
         env.reset()
         mean, inv_std = (torch.from_numpy(x).to(self.device) for x in self.normalizer())
-        clip = self.cfg.obs_clip
-        layers = self.policy.layer_sizes
-        last = len(layers) - 1
         returns = torch.zeros(n, dtype=torch.float64, device=self.device)
         lengths = torch.zeros(n, dtype=torch.long, device=self.device)
         rec_rows = torch.from_numpy(np.flatnonzero(record)).to(self.device)
@@ -83,15 +131,7 @@ class ESTorchReplica(ESReplica):
                 obs_sum.index_add_(0, rows[r], x[r])
                 obs_sq.index_add_(0, rows[r], x[r] * x[r])
                 obs_n.index_add_(0, rows[r], torch.ones_like(rows[r]))
-            h = ((x.float() - mean) * inv_std).clamp_(-clip, clip)
-            o = 0
-            for k, (fan_in, fan_out) in enumerate(layers):
-                w = p[:, o : o + fan_in * fan_out].view(-1, fan_out, fan_in)
-                o += fan_in * fan_out
-                h = torch.baddbmm(p[:, o : o + fan_out].unsqueeze(-1), w, h.unsqueeze(-1)).squeeze(-1)
-                o += fan_out
-                if k < last:
-                    h = torch.tanh_(h)
+            h = self._policy(p, x, mean, inv_std)
             action = h.argmax(-1) if env.discrete else (lo + (torch.tanh(h) + 1.0) * half).double()
             state, reward, terminated = env.dynamics(state, action)
             ret += reward
