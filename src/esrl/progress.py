@@ -45,12 +45,6 @@ class Progress:
             self._last = time.monotonic()
             print(line, file=sys.stderr, flush=True)
 
-    def message(self, text: str) -> None:
-        if self._live is not None:
-            self._live.console.print(text)
-        elif self.enabled:
-            print(text, file=sys.stderr, flush=True)
-
     def close(self) -> None:
         if self._live is not None:
             self._live.stop()

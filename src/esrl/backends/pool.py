@@ -116,10 +116,6 @@ class ProcessPool:
     def live_workers(self) -> int:
         return len(self._procs)
 
-    @property
-    def pids(self) -> dict[int, int]:
-        return {wid: int(p.pid) for wid, (p, _) in self._procs.items()}
-
     def start(self) -> None:
         for index in range(self.n):
             self._spawn(index)
@@ -256,5 +252,3 @@ class SerialPool:
 def context(start_method: str | None = None) -> Any:
     """fork on Linux (workers inherit imported torch and start in milliseconds), spawn elsewhere."""
     return mp.get_context(start_method or ("fork" if sys.platform.startswith("linux") else "spawn"))
-
-

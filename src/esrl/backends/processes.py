@@ -95,11 +95,6 @@ class ProcessBackend:
     def live_workers(self) -> int:
         return len(self._workers)
 
-    @property
-    def pids(self) -> dict[int, int]:
-        """Worker id -> process id (for fault-injection tests and diagnostics)."""
-        return {w.wid: int(w.proc.pid) for w in self._workers.values()}
-
     # --- lifecycle ------------------------------------------------------------------------
     def start(self, setup: Any, state_fn: Callable[[], dict[str, Any]]) -> None:
         self._setup, self._state_fn = setup, state_fn

@@ -77,9 +77,6 @@ class _ReplicaActor:
     def digest(self) -> str:
         return str(self.replica.digest())
 
-    def pid(self) -> int:
-        return os.getpid()
-
 
 class RayBackend:
     """N Ray actors, each with a replica; see the module docstring."""
@@ -106,9 +103,6 @@ class RayBackend:
 
     def nodes(self) -> list[str]:
         return list(self.ray.get([a.node.remote() for a in self._actors.values()]))
-
-    def pids(self) -> dict[int, int]:
-        return dict(zip(self._actors, self.ray.get([a.pid.remote() for a in self._actors.values()]), strict=True))
 
     def start(self, setup: Any, state_fn: Callable[[], dict[str, Any]]) -> None:
         self._setup, self._state_fn = setup, state_fn

@@ -158,11 +158,3 @@ class Planner:
         if not report.updates:
             time.sleep(0.001)  # wait for real experience: the ratio, not the planners, sets the pace
         return report
-
-
-def real_fraction(counts: dict[str, int]) -> float | None:
-    """Real transitions as a fraction of all transitions learned from (for reports)."""
-    real, sim = counts.get("real_transitions", 0), counts.get("simulated_transitions", 0)
-    return None if real + sim == 0 else real / (real + sim)
-
-

@@ -75,7 +75,3 @@ def get_flat(module: nn.Module) -> torch.Tensor:
 @torch.no_grad()
 def set_flat(module: nn.Module, flat: torch.Tensor) -> None:
     vector_to_parameters(flat, module.parameters())
-
-
-def obs_tensor(obs: object) -> torch.Tensor:
-    return torch.as_tensor(obs, dtype=torch.float32)

@@ -118,10 +118,6 @@ class ServerStore:
         for c in [c for ends in server_ends for c in ends] + [ca for ca, _ in pairs]:
             c.close()  # the servers hold these now
 
-    @property
-    def pids(self) -> list[int]:
-        return [int(p.pid) for p in self._procs]
-
     def client(self, slot: int) -> ServerClient:
         others = [c for s, ends in enumerate(self._worker_ends) if s != slot for c in ends]
         return ServerClient(self._worker_ends[slot], self.slices, others)
@@ -152,10 +148,6 @@ class ServerStore:
             body = b"".join(t[lo:hi].float().numpy().tobytes() for t in (params, state["m"], state["v"]))
             c.send_bytes(b"l" + _Q.pack(int(version)) + body)
             c.recv_bytes()
-
-    @property
-    def version(self) -> int:
-        return self.snapshot()[2]
 
     def close(self) -> None:
         for c in self._controls:
