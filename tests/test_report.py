@@ -206,3 +206,13 @@ def test_interrupted_runs_are_not_finished(tmp_path):
         SweepSpec(algos=["dqn"], backend="vectorized").validate()
     with pytest.raises(InputError, match=r"^target_return: "):
         SweepSpec(algos=["es"], target_return="500").validate()
+
+
+def test_model_fits_bytes_and_wait_per_message(tmp_path):
+    spec, records = load(fake_sweep(tmp_path / "s"))
+    f = model.fit(spec, records)["a3c"]
+    # a3c lines: 80,000 bytes and 4 x workers messages each; at 1 and 2 workers 4 + 8 messages per line pair
+    n_lines = {1: 4 * 3, 2: 4 * 3}
+    msgs = sum(4 * w * n for w, n in n_lines.items())
+    assert f["bytes_per_message"] == pytest.approx(80_000 * sum(n_lines.values()) / msgs)
+    assert f["measured_s_per_message"] == 0.0  # the synthetic lines record no waiting time
