@@ -55,7 +55,6 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
     run.validate()
     cfg.validate()
     run_dir_path = run.run_dir or f"runs/{algo}-{run.env}-s{run.seed}"
-    check_combination(algo, run, cfg)
     spec = envs.spec_of(run.env)
     check_combination(algo, run, cfg, spec.obs_onehot)
     workers = run.workers or default_workers()
