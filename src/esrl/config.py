@@ -44,6 +44,11 @@ class RunConfig:
     verify_every: int = _f(10, "compare worker replicas' parameter hashes every this many iterations")
     stop_on_solve: bool = _f(True, "stop at the first evaluation at or above the target")
     run_dir: str = _f("", "run directory (default: runs/<algo>-<env>-s<seed>)")
+    episodic_life: bool = _f(False, "Atari: a lost life ends the training episode (evaluation plays whole games)")
+
+    def env_options(self) -> dict[str, Any]:
+        """Options of the training env (`envs.make`)."""
+        return {"episodic_life": self.episodic_life}
 
     def budget_spent(self, iterations: int, elapsed_s: float, env_steps: int) -> bool:
         """True once any budget that is set (non-zero) is used up."""
@@ -85,6 +90,9 @@ class ESConfig:
     beta2: float = _f(0.999, "Adam beta2")
     l2: float = _f(0.005, "L2 weight decay coefficient")
     hidden: tuple[int, ...] = _f((16,), "hidden layer sizes, comma-separated (empty: linear)")
+    policy: str = _f("auto", "policy network: an MLP, or the paper's CNN for image frames (auto: cnn for images)",
+                     ("auto", "mlp", "cnn"))
+    vbn_batch: int = _f(128, "cnn: frames in the virtual-batch-norm reference batch (0 = no normalization)")
     obs_norm: bool = _f(True, "normalize observations with running statistics")
     obs_norm_fraction: float = _f(0.05, "fraction of rollouts whose observations update the statistics")
     obs_clip: float = _f(5.0, "clip normalized observations to +-this")
@@ -107,6 +115,8 @@ class ESConfig:
         _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "beta1/beta2", "must be in [0, 1)")
         _check(self.l2 >= 0, "l2", f"must be >= 0, got {self.l2}")
         _check(all(h > 0 for h in self.hidden), "hidden", f"sizes must be positive, got {self.hidden}")
+        _check(self.policy in ("auto", "mlp", "cnn"), "policy", f"unknown {self.policy!r}", "auto, mlp, cnn")
+        _check(self.vbn_batch >= 0, "vbn_batch", f"must be >= 0, got {self.vbn_batch}")
         _check(0 <= self.obs_norm_fraction <= 1, "obs_norm_fraction", f"must be in [0, 1], got {self.obs_norm_fraction}")
         _check(self.obs_clip > 0, "obs_clip", f"must be > 0, got {self.obs_clip}")
         _check(self.action_noise >= 0, "action_noise", f"must be >= 0, got {self.action_noise}")

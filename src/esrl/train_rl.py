@@ -41,6 +41,9 @@ def setup_for(algo: str, cfg: Any, spec: envs.EnvSpec, seed: int) -> Any:
     if algo == "dynaq":
         from esrl.rl.dynaq import DynaQSetup
 
+        if spec.image:
+            raise InputError("env", f"Dyna-Q's world model predicts flat observations, not the frames of {spec.env_id}",
+                             "an env with flat Box observations")
         return DynaQSetup(cfg, spec, seed)
     raise InputError("algo", f"unknown algorithm {algo!r}", "es, a3c, dqn, dynaq")
 
@@ -55,7 +58,7 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
     run.validate()
     cfg.validate()
     run_dir_path = run.run_dir or f"runs/{algo}-{run.env}-s{run.seed}"
-    spec = envs.spec_of(run.env)
+    spec = envs.spec_of(run.env, **run.env_options())
     check_combination(algo, run, cfg, spec.obs_onehot)
     workers = run.workers or default_workers()
     setup = setup_for(algo, cfg, spec, run.seed)
