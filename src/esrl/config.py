@@ -44,7 +44,17 @@ class RunConfig:
     verify_every: int = _f(10, "compare worker replicas' parameter hashes every this many iterations")
     stop_on_solve: bool = _f(True, "stop at the first evaluation at or above the target")
     run_dir: str = _f("", "run directory (default: runs/<algo>-<env>-s<seed>)")
+    max_episode_steps: int = _f(0, "cap every training and evaluation episode at this many steps (0 = the env's limit)")
     episodic_life: bool = _f(False, "Atari: a lost life ends the training episode (evaluation plays whole games)")
+
+    def env_spec(self) -> Any:
+        """The EnvSpec of this run's env: its options, and the episode cap when one is set."""
+        from esrl import envs
+
+        spec = envs.spec_of(self.env, **self.env_options())
+        if self.max_episode_steps and self.max_episode_steps < spec.max_episode_steps:
+            spec = dataclasses.replace(spec, max_episode_steps=self.max_episode_steps)
+        return spec
 
     def env_options(self) -> dict[str, Any]:
         """Options of the training env (`envs.make`)."""
@@ -70,6 +80,7 @@ class RunConfig:
         _check(self.max_seconds >= 0, "max_seconds", f"must be >= 0, got {self.max_seconds}")
         _check(self.max_iterations >= 0, "max_iterations", f"must be >= 0, got {self.max_iterations}")
         _check(self.max_env_steps >= 0, "max_env_steps", f"must be >= 0, got {self.max_env_steps}")
+        _check(self.max_episode_steps >= 0, "max_episode_steps", f"must be >= 0, got {self.max_episode_steps}")
         _check(self.eval_episodes >= 1, "eval_episodes", f"must be >= 1, got {self.eval_episodes}")
         for name in ("eval_every", "checkpoint_every", "verify_every"):
             _check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")

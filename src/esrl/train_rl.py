@@ -58,7 +58,7 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
     run.validate()
     cfg.validate()
     run_dir_path = run.run_dir or f"runs/{algo}-{run.env}-s{run.seed}"
-    spec = envs.spec_of(run.env, **run.env_options())
+    spec = run.env_spec()
     check_combination(algo, run, cfg, spec.obs_onehot)
     workers = run.workers or default_workers()
     setup = setup_for(algo, cfg, spec, run.seed)
