@@ -251,3 +251,18 @@ def test_mujoco_video_decodes(tmp_path):
         raise
     frames = iio.imread(tmp_path / "cheetah.mp4")
     assert len(frames) == out["lengths"][0] == 20 and frames.shape[-1] == 3 and frames.std() > 0
+
+
+def test_bfloat16_cnn_tracks_float32(pong):
+    ref = reference_batch(pong, 0, 16)
+    f32, b16 = ConvPolicy(pong, ref), ConvPolicy(pong, ref, dtype="bfloat16")
+    gen = np.random.default_rng(1)
+    params = np.stack([f32.init(gen) for _ in range(3)])
+    params[:, -6:] = gen.standard_normal(6)  # output biases large enough to separate the logits
+    env = envs.make(PONG)
+    obs = np.stack([env.reset(seed=s)[0] for s in range(3)])
+    env.close()
+    a, b = f32.forward(params, obs), b16.forward(params, obs)
+    assert b.dtype == np.float32 and not np.array_equal(a, b)
+    np.testing.assert_allclose(b, a, atol=0.05)
+    np.testing.assert_array_equal(b16.to_actions(b), f32.to_actions(a))

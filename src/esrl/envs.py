@@ -9,6 +9,7 @@ downloaded.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +61,34 @@ def _register_ale() -> None:
         _ale_registered = True
 
 
+_mujoco_quieted = False
+
+
+def _quiet_mujoco_deprecation(env_id: str) -> None:
+    """Drop MuJoCo's compiler notice about Gymnasium's own XML ('settotalmass' is deprecated), printed
+    once per env by every worker; every other MuJoCo warning still goes to stderr."""
+    global _mujoco_quieted
+    if _mujoco_quieted:
+        return
+    try:
+        entry = gym.spec(env_id).entry_point
+    except gym.error.Error:
+        return
+    if not (isinstance(entry, str) and entry.startswith("gymnasium.envs.mujoco")):
+        return
+    try:
+        import mujoco
+    except ImportError:
+        return
+
+    def warn(message: str) -> None:
+        if "settotalmass" not in message:
+            print(f"MuJoCo warning: {message}", file=sys.stderr)
+
+    mujoco.set_mju_user_warning(warn)
+    _mujoco_quieted = True
+
+
 def is_atari(env_id: str) -> bool:
     """True for ids served by ale-py (ALE/...-v5, ...NoFrameskip-v4 and the other v0/v4 families)."""
     _register_ale()
@@ -76,6 +105,7 @@ def make(env_id: str, render_mode: str | None = None, episodic_life: bool = Fals
     Atari ids come wrapped in the standard preprocessing (module docstring).
     """
     atari = is_atari(env_id)
+    _quiet_mujoco_deprecation(env_id)
     if episodic_life and not atari:
         raise InputError("episodic_life", f"applies to Atari envs only, not {env_id}", "--no-episodic-life")
     try:

@@ -77,6 +77,7 @@ class ConvPolicy:
     channels: tuple[int, ...] = (16, 32)
     kernels: tuple[tuple[int, int], ...] = ((8, 4), (4, 2))  # (size, stride)
     hidden: int = 256
+    dtype: str = "float32"  # or "bfloat16": weights and activations while acting (statistics stay float32)
 
     def __post_init__(self) -> None:
         if not self.spec.image:
@@ -155,8 +156,12 @@ class ConvPolicy:
         return np.asarray(obs, dtype=np.uint8).reshape(len(obs), *self.spec.obs_shape)
 
     # --- batched forward --------------------------------------------------------------------
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return torch.bfloat16 if self.dtype == "bfloat16" else torch.float32
+
     def _weights(self, params: np.ndarray) -> Prepared:
-        p = torch.from_numpy(np.ascontiguousarray(params, dtype=np.float32))
+        p = torch.from_numpy(np.ascontiguousarray(params, dtype=np.float32)).to(self.torch_dtype)
         b, o = p.shape[0], 0
         named: dict[str, torch.Tensor] = {}
         for name, shape in self.shapes().items():
@@ -200,11 +205,13 @@ class ConvPolicy:
     def _norm(self, prep: Prepared, layer: int, h: torch.Tensor, stats: list[Any] | None) -> torch.Tensor:
         """h: (N, B, units, positions). VBN (or bias) as one affine map per member and unit."""
         if stats is not None and self.vbn:  # reference pass: statistics over frames and positions
-            mean = h.mean(dim=(0, 3))
-            var = h.var(dim=(0, 3), unbiased=False)
+            h32 = h.float()
+            mean = h32.mean(dim=(0, 3))
+            var = h32.var(dim=(0, 3), unbiased=False)
             stats.append((mean, var))
-            scale = prep.scale[layer] / torch.sqrt(var + VBN_EPS)
-            prep.scale[layer], prep.shift[layer] = scale, prep.shift[layer] - mean * scale
+            scale = prep.scale[layer].float() / torch.sqrt(var + VBN_EPS)
+            shift = prep.shift[layer].float() - mean * scale
+            prep.scale[layer], prep.shift[layer] = scale.to(h.dtype), shift.to(h.dtype)
         return h * prep.scale[layer][None, :, :, None] + prep.shift[layer][None, :, :, None]
 
     def split(self, params: np.ndarray) -> Prepared:
@@ -212,7 +219,7 @@ class ConvPolicy:
         prep = self._weights(params)
         if self.vbn:
             assert self.reference is not None
-            ref = torch.from_numpy(self.reference).float().div_(255.0)
+            ref = torch.from_numpy(self.reference).float().div_(255.0).to(self.torch_dtype)
             per = max(1, REF_FLOATS // (len(ref) * int(np.prod(self.spec.obs_shape))))
             parts = [self.subset(prep, np.arange(lo, min(lo + per, prep.members)))
                      for lo in range(0, prep.members, per)]
@@ -228,7 +235,7 @@ class ConvPolicy:
         assert self.reference is not None
         prep = self._weights(params)
         stats: list[tuple[torch.Tensor, torch.Tensor]] = []
-        ref = torch.from_numpy(self.reference).float().div_(255.0)
+        ref = torch.from_numpy(self.reference).float().div_(255.0).to(self.torch_dtype)
         with torch.inference_mode():
             self._trunk(prep, ref[None].expand(prep.members, *ref.shape), stats)
         return [(m.numpy(), v.numpy()) for m, v in stats]
@@ -244,10 +251,10 @@ class ConvPolicy:
         """Outputs (B, act_dim) of member b on frame x[b]. `mean`/`inv_std` are unused: frames are scaled to [0, 1]."""
         prep = self.split(params) if isinstance(params, np.ndarray) else params
         with torch.inference_mode():
-            frames = torch.from_numpy(np.ascontiguousarray(x)).float().div_(255.0)
+            frames = torch.from_numpy(np.ascontiguousarray(x)).to(self.torch_dtype).mul_(1.0 / 255.0)
             h = self._trunk(prep, frames.reshape(prep.members, 1, *self.spec.obs_shape), None)
             out = torch.baddbmm(prep.out_b[:, :, None], prep.out_w, h.transpose(1, 2))[:, :, 0]
-        return out.numpy()
+        return out.float().numpy()
 
     def to_actions(self, out: np.ndarray) -> np.ndarray:
         return to_actions(self.spec, out)

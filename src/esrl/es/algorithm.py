@@ -212,7 +212,7 @@ def make_policy(spec: envs.EnvSpec, cfg: ESConfig, seed: int) -> Policy:
 
     torch.set_num_threads(1)  # one ES worker per core: torch threads would fight the other workers
     ref = reference_batch(spec, seed, cfg.vbn_batch) if cfg.vbn_batch else None
-    return ConvPolicy(spec, ref)
+    return ConvPolicy(spec, ref, dtype=cfg.cnn_dtype)
 
 
 # --- coordinator-side pure functions ----------------------------------------------------------
