@@ -36,8 +36,19 @@ class EnvSpec:
 
     @property
     def image(self) -> bool:
-        """Stacked image frames (Atari): served by convolutional policies."""
+        """Image observations (Atari's stacked frames, CarRacing's RGB): served by convolutional networks."""
         return len(self.obs_shape) == 3
+
+    @property
+    def channels_last(self) -> bool:
+        """(height, width, channels) images such as CarRacing's; Atari's stacks are (frames, height, width)."""
+        return self.image and self.obs_shape[-1] <= 4 < self.obs_shape[0]
+
+    @property
+    def chw(self) -> tuple[int, int, int]:
+        """The image shape as (channels, height, width)."""
+        s = self.obs_shape
+        return (s[2], s[0], s[1]) if self.channels_last else (s[0], s[1], s[2])
 
 
 ATARI_FRAME_SKIP = 4

@@ -49,7 +49,7 @@ def reference_batch(spec: EnvSpec, seed: int, size: int) -> np.ndarray:
                 obs, _ = env.reset(seed=seeding.derive_int(seed, "vbn_reference_reset", episode))
     finally:
         env.close()
-    return np.stack(frames)
+    return np.stack(frames)  # as observed; ConvPolicy transposes channels-last images
 
 
 @dataclass
@@ -82,6 +82,8 @@ class ConvPolicy:
     def __post_init__(self) -> None:
         if not self.spec.image:
             raise ValueError(f"{self.spec.env_id} has observations of shape {self.spec.obs_shape}, not image frames")
+        if self.reference is not None and self.reference.shape[1:] != self.spec.chw:
+            object.__setattr__(self, "reference", self.preprocess(self.reference))
 
     @property
     def vbn(self) -> bool:
@@ -90,12 +92,12 @@ class ConvPolicy:
     @property
     def conv_shapes(self) -> list[tuple[int, int, int, int]]:
         """(out, in, k, stride) of each convolution."""
-        ins = [self.spec.obs_shape[0], *self.channels[:-1]]
+        ins = [self.spec.chw[0], *self.channels[:-1]]
         return [(o, i, k, s) for o, i, (k, s) in zip(self.channels, ins, self.kernels, strict=True)]
 
     @property
     def flat(self) -> int:
-        h, w = self.spec.obs_shape[1:]
+        h, w = self.spec.chw[1:]
         for _, _, k, s in self.conv_shapes:
             h, w = (h - k) // s + 1, (w - k) // s + 1
         return self.channels[-1] * h * w
@@ -152,8 +154,9 @@ class ConvPolicy:
         return self.flatten(parts)
 
     def preprocess(self, obs: np.ndarray) -> np.ndarray:
-        """Frames stay uint8 (B, C, H, W) until the forward pass."""
-        return np.asarray(obs, dtype=np.uint8).reshape(len(obs), *self.spec.obs_shape)
+        """Frames stay uint8 (B, C, H, W) until the forward pass (channels-last images are transposed)."""
+        x = np.asarray(obs, dtype=np.uint8).reshape(len(obs), *self.spec.obs_shape)
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if self.spec.channels_last else x
 
     # --- batched forward --------------------------------------------------------------------
     @property
@@ -197,7 +200,7 @@ class ConvPolicy:
         return h.relu()
 
     def _spatial(self, layer: int) -> tuple[int, int]:
-        h, w = self.spec.obs_shape[1:]
+        h, w = self.spec.chw[1:]
         for _, _, k, s in self.conv_shapes[: layer + 1]:
             h, w = (h - k) // s + 1, (w - k) // s + 1
         return h, w
@@ -220,7 +223,7 @@ class ConvPolicy:
         if self.vbn:
             assert self.reference is not None
             ref = torch.from_numpy(self.reference).float().div_(255.0).to(self.torch_dtype)
-            per = max(1, REF_FLOATS // (len(ref) * int(np.prod(self.spec.obs_shape))))
+            per = max(1, REF_FLOATS // (len(ref) * int(np.prod(self.spec.chw))))
             parts = [self.subset(prep, np.arange(lo, min(lo + per, prep.members)))
                      for lo in range(0, prep.members, per)]
             with torch.inference_mode():
@@ -252,7 +255,7 @@ class ConvPolicy:
         prep = self.split(params) if isinstance(params, np.ndarray) else params
         with torch.inference_mode():
             frames = torch.from_numpy(np.ascontiguousarray(x)).to(self.torch_dtype).mul_(1.0 / 255.0)
-            h = self._trunk(prep, frames.reshape(prep.members, 1, *self.spec.obs_shape), None)
+            h = self._trunk(prep, frames.reshape(prep.members, 1, *self.spec.chw), None)
             out = torch.baddbmm(prep.out_b[:, :, None], prep.out_w, h.transpose(1, 2))[:, :, 0]
         return out.float().numpy()
 

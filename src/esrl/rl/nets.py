@@ -32,8 +32,8 @@ class NatureCNN(nn.Module):
 
     def __init__(self, spec: EnvSpec, features: int = 512) -> None:
         super().__init__()
-        self.shape = spec.obs_shape
-        c, h, w = spec.obs_shape
+        self.shape, self.channels_last = spec.obs_shape, spec.channels_last
+        c, h, w = spec.chw
         convs: list[nn.Conv2d | nn.Linear] = [nn.Conv2d(c, 32, 8, 4), nn.Conv2d(32, 64, 4, 2), nn.Conv2d(64, 64, 3, 1)]
         for k, s in ((8, 4), (4, 2), (3, 1)):
             h, w = (h - k) // s + 1, (w - k) // s + 1
@@ -47,6 +47,8 @@ class NatureCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         frames = x.reshape(-1, *self.shape) * (1.0 / 255.0)
+        if self.channels_last:
+            frames = frames.permute(0, 3, 1, 2)
         return torch.relu(self.fc(self.convs(frames)))
 
 
