@@ -1,4 +1,4 @@
-"""ES on one device: the whole population's episodes as one batch of torch envs.
+"""ES on one device: the whole population's episodes as one batch of torch envs (numpy on the CPU).
 
 `ESTorchReplica` is an `ESReplica` whose `run` evaluates its members with a batched torch
 env (`esrl.envs_torch`) and per-member weights applied by batched matrix products; the noise
@@ -7,6 +7,10 @@ batch, so a long tail of survivors does not cost the whole batch. The
 update (`apply`) is the parent's, so the maths is the same; the env implementation and its
 initial-state stream differ from Gymnasium's, so results are identical for the same seed
 on the same device, not across devices or against the process backends.
+
+On the CPU the batch runs in numpy instead (`esrl.envs_np`, the numpy MLP of
+`esrl.policies`) wherever a numpy env exists: same equations, a tenth of torch's per-call
+cost, which dominates at a few hundred rows. Torch stays for CUDA.
 """
 
 from __future__ import annotations
@@ -18,15 +22,18 @@ import numpy as np
 import torch
 
 from esrl import seeding
+from esrl.envs_np import NUMPY_ENVS, make_numpy_env
 from esrl.envs_torch import TORCH_ENVS, make_torch_env
 from esrl.es.algorithm import ESReplica, ESSetup, obs_record_mask
 
 MAX_BATCH_FLOATS = 1 << 26  # members x params per chunk on the device
+COMPACT_BELOW = 0.5  # numpy path: drop finished rows once fewer than this fraction of the batch is live
 
 
 @dataclass(frozen=True)
 class ESTorchSetup(ESSetup):
     device: str = "cpu"
+    engine: str = "auto"  # auto: numpy envs and policies on the CPU where a numpy env exists; torch: always torch
 
     def build(self) -> ESTorchReplica:
         return ESTorchReplica(self)
@@ -36,6 +43,7 @@ class ESTorchReplica(ESReplica):
     def __init__(self, setup: ESTorchSetup) -> None:
         super().__init__(setup)
         self.device = torch.device(setup.device)
+        self.engine = setup.engine
         if self.device.type == "cpu":
             torch.set_num_threads(1)  # one core: small batched ops gain nothing from a thread pool
         self.table_dev = torch.from_numpy(np.array(self.table)).to(self.device)  # a writable copy, once
@@ -99,6 +107,63 @@ class ESTorchReplica(ESReplica):
             rows = rows[keep]
         return {"returns": returns, "lengths": lengths,
                 "obs": [(int(i), obs_sum[i], obs_sq[i], int(obs_n[i])) for i in np.flatnonzero(record)]}
+
+    def _rollout_np(self, params: np.ndarray, seed: int, caps: np.ndarray, record: np.ndarray) -> dict[str, Any]:
+        """The CPU path: numpy env and numpy policy, one episode per parameter row, all rows stepped together.
+
+        Finished rows stay in the batch, masked, until fewer than COMPACT_BELOW of it is live:
+        at a few hundred rows a step costs about the same whatever its width, so compacting
+        every step would only add copies.
+        """
+        env = make_numpy_env(self.setup.spec.env_id)
+        pol, n, d = self.policy, params.shape[0], self.setup.spec.obs_dim
+        mean, inv_std = self.normalizer()
+        state = env.initial(np.random.default_rng(seed), n)
+        returns, lengths = np.zeros(n), np.zeros(n, np.int64)
+        obs_sum, obs_sq, obs_n = np.zeros((n, d)), np.zeros((n, d)), np.zeros(n, np.int64)
+        # the batch: row ids, layer views, running returns, lengths, caps, live and recording masks
+        rows, layers = np.arange(n), pol.split(params)
+        ret, length = np.zeros(n), np.zeros(n, np.int64)
+        cap = np.minimum(caps, env.max_episode_steps)
+        live, rec = np.ones(n, bool), record.copy()
+        recording = bool(rec.any())
+        s1, s2, cnt = np.zeros((n, d)), np.zeros((n, d)), np.zeros(n, np.int64)
+
+        def flush(gone: np.ndarray) -> None:
+            ids = rows[gone]
+            returns[ids], lengths[ids] = ret[gone], length[gone]
+            if recording:
+                obs_sum[ids], obs_sq[ids], obs_n[ids] = s1[gone], s2[gone], cnt[gone]
+
+        while True:
+            x = env.observe(state).T.astype(np.float32)
+            if recording:
+                w = rec & live
+                xw = x * w[:, None]
+                s1 += xw
+                s2 += np.square(xw, dtype=np.float64)
+                cnt += w
+            out = pol.forward(layers, x, mean, inv_std)
+            action = out.argmax(1) if env.discrete else pol.to_actions(out).T
+            state, reward, terminated = env.dynamics(state, action)
+            np.add(ret, reward, out=ret, where=live)
+            length += live
+            live &= ~terminated
+            live &= length < cap
+            n_live = int(np.count_nonzero(live))
+            if n_live == 0:
+                flush(np.ones(rows.size, bool))
+                break
+            if n_live < COMPACT_BELOW * rows.size:
+                flush(~live)
+                rows, params, state = rows[live], params[live], state[:, live]
+                ret, length, cap, rec = ret[live], length[live], cap[live], rec[live]
+                s1, s2, cnt = s1[live], s2[live], cnt[live]
+                layers = pol.split(params)
+                live = np.ones(n_live, bool)
+        recorded = np.flatnonzero(record)
+        return {"returns": returns, "lengths": lengths,
+                "obs": [(int(i), obs_sum[i], obs_sq[i], int(obs_n[i])) for i in recorded]}
 
     def _rollout(self, params: torch.Tensor, seed: int, caps: torch.Tensor, record: np.ndarray) -> dict[str, Any]:
         """One episode per parameter row, all rows stepped together; row i stops at caps[i] steps."""
@@ -168,13 +233,21 @@ class ESTorchReplica(ESReplica):
         per_chunk = max(1, MAX_BATCH_FLOATS // self.dim)
         pop: dict[str, Any] = {"returns": np.zeros(n), "lengths": np.zeros(n, np.int64), "obs": []}
         ev: dict[str, Any] = {"returns": np.zeros(n_eval), "lengths": np.zeros(n_eval, np.int64)}
+        use_numpy = (self.device.type == "cpu" and self.setup.spec.env_id in NUMPY_ENVS
+                     and self.engine == "auto")
         for s in range(0, max(n, 1), per_chunk):
             m = np.arange(s, min(n, s + per_chunk))
             e = n_eval if s == 0 else 0  # the evaluation episodes ride along with the first chunk
-            params = torch.cat([theta[None].expand(e, -1), self._params(m, t)])
-            caps = torch.cat([torch.full((e,), 1 << 62), torch.full((len(m),), int(self.step_cap))])
-            out = self._rollout(params, seeding.derive_int(seed, "vector_episodes", t, s), caps,
-                                np.concatenate([np.zeros(e, bool), record[m]]))
+            chunk_seed = seeding.derive_int(seed, "vector_episodes", t, s)
+            rec = np.concatenate([np.zeros(e, bool), record[m]])
+            if use_numpy:
+                caps_np = np.concatenate([np.full(e, 1 << 62), np.full(len(m), int(self.step_cap))])
+                out = self._rollout_np(np.concatenate([np.repeat(self.theta[None], e, 0), self.member_params(m)]),
+                                       chunk_seed, caps_np, rec)
+            else:
+                params = torch.cat([theta[None].expand(e, -1), self._params(m, t)])
+                caps = torch.cat([torch.full((e,), 1 << 62), torch.full((len(m),), int(self.step_cap))])
+                out = self._rollout(params, chunk_seed, caps, rec)
             ev_slice = slice(0, e)
             if e:
                 ev["returns"][:], ev["lengths"][:] = out["returns"][ev_slice], out["lengths"][ev_slice]
