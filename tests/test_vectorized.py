@@ -94,3 +94,58 @@ def test_numpy_cpu_path_matches_torch_path_from_the_same_initial_states(monkeypa
     assert outs[0]["lengths"].std() > 0
     assert same.mean() >= 0.95  # float32 matmuls may round differently and flip a rare argmax
     np.testing.assert_array_equal(outs[0]["returns"][same], outs[1]["returns"][same])
+
+
+def _gym_replica(use_vector_entry, population=32):
+    from esrl import envs
+    from esrl.config import ESConfig
+    from esrl.es.vectorized import ESTorchSetup
+
+    rep = ESTorchSetup(ESConfig(population=population, sigma=0.5), envs.spec_of("CartPole-v0"), 2,
+                       device="cpu").build()
+    rep.use_vector_entry = use_vector_entry
+    return rep
+
+
+def test_vector_entry_point_steps_the_population_in_one_gymnasium_vector_env(monkeypatch):
+    """CartPole-v0 has no esrl version but a numpy vector_entry_point: one CartPoleVectorEnv serves the batch.
+
+    From the per-member path's initial states it plays the per-member path's episodes exactly.
+    """
+    import gymnasium as gym
+    from gymnasium.envs.classic_control.cartpole import CartPoleVectorEnv
+
+    made = []
+    orig_make_vec = gym.make_vec
+    monkeypatch.setattr(gym, "make_vec", lambda *a, **k: made.append(a) or orig_make_vec(*a, **k))
+    per_member = _gym_replica(False).run(("pop", 0, 0, 32))
+    assert not made
+    vec_a = _gym_replica(True).run(("pop", 0, 0, 32))
+    vec_b = _gym_replica(True).run(("pop", 0, 0, 32))
+    assert made and np.array_equal(vec_a["returns"], vec_b["returns"])  # same seed, same episodes
+    assert vec_a["lengths"].std() > 0
+
+    states = []  # the per-member path's initial states, in member order
+    rep = _gym_replica(False)
+    real_envs_for = rep.envs_for
+
+    def envs_for(n):
+        out = real_envs_for(n)
+        for e in out:
+            real_reset = e.reset
+            e.reset = lambda seed=None, _r=real_reset, _e=e: (_r(seed=seed), states.append(np.array(_e.state)))[0]
+        return out
+
+    rep.envs_for = envs_for
+    rep.run(("pop", 0, 0, 32))
+    orig_reset = CartPoleVectorEnv.reset
+
+    def reset_to_member_states(self, **kw):
+        orig_reset(self, **kw)
+        self.state = np.stack(states, 1)
+        return self.state.T.astype(np.float32), {}
+
+    monkeypatch.setattr(CartPoleVectorEnv, "reset", reset_to_member_states)
+    same_start = _gym_replica(True).run(("pop", 0, 0, 32))
+    np.testing.assert_array_equal(same_start["returns"], per_member["returns"])
+    np.testing.assert_array_equal(same_start["lengths"], per_member["lengths"])

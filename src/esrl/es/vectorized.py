@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
 
@@ -44,6 +45,7 @@ class ESTorchReplica(ESReplica):
         super().__init__(setup)
         self.device = torch.device(setup.device)
         self.engine = setup.engine
+        self.use_vector_entry = True  # Gymnasium's vector_entry_point where an env has one (tests turn it off)
         if self.device.type == "cpu":
             torch.set_num_threads(1)  # one core: small batched ops gain nothing from a thread pool
         self.table_dev = torch.from_numpy(np.array(self.table)).to(self.device)  # a writable copy, once
@@ -73,10 +75,58 @@ class ESTorchReplica(ESReplica):
                 h = torch.tanh_(h)
         return h
 
+    def _vector_env(self, n: int) -> Any:
+        """Gymnasium's own numpy-batched version of the env (its `vector_entry_point`), or None."""
+        if not self.use_vector_entry:
+            return None
+        entry = gym.spec(self.setup.spec.env_id).vector_entry_point
+        if entry is None:
+            return None
+        try:
+            return gym.make_vec(self.setup.spec.env_id, num_envs=n, vectorization_mode="vector_entry_point")
+        except (gym.error.Error, ImportError):  # e.g. a JAX entry point without JAX: step env by env instead
+            return None
+
+    def _rollout_vector(self, vec: Any, params: torch.Tensor, seed: int, caps: torch.Tensor, record: np.ndarray
+                        ) -> dict[str, Any]:
+        """One Gymnasium vector env steps every row at once; rows that end are masked (their auto-resets ignored).
+
+        The vector env draws the whole batch's initial states from one generator seeded once
+        (Gymnasium's design), so its episodes are not the per-member path's; from the same
+        initial states they are the same (`tests/test_vectorized.py`).
+        """
+        n, pol = params.shape[0], self.policy
+        mean, inv_std = (torch.from_numpy(x).to(self.device) for x in self.normalizer())
+        obs, _ = vec.reset(seed=int(seeding.rng(seed, "vector_gym_resets").integers(0, 2**31 - 1)))
+        ret, length = np.zeros(n), np.zeros(n, np.int64)
+        obs_sum, obs_sq, obs_n = np.zeros((n, pol.spec.obs_dim)), np.zeros((n, pol.spec.obs_dim)), np.zeros(n, np.int64)
+        cap = np.minimum(caps.numpy(), pol.spec.max_episode_steps)
+        live = np.ones(n, bool)
+        while live.any():
+            x = pol.preprocess(obs)
+            w = record & live
+            obs_sum[w] += x[w]
+            obs_sq[w] += x[w].astype(np.float64) ** 2
+            obs_n += w
+            out = self._policy(params, torch.from_numpy(x).to(self.device), mean, inv_std).cpu().numpy()
+            obs, reward, terminated, truncated, _ = vec.step(pol.to_actions(out))
+            np.add(ret, reward, out=ret, where=live)
+            length += live
+            live &= ~(terminated | truncated) & (length < cap)
+        vec.close()
+        return {"returns": ret, "lengths": length,
+                "obs": [(int(i), obs_sum[i], obs_sq[i], int(obs_n[i])) for i in np.flatnonzero(record)]}
+
     def _rollout_gym(self, params: torch.Tensor, seed: int, caps: torch.Tensor, record: np.ndarray
                      ) -> dict[str, Any]:
-        """Envs without a torch version: policies batched on the device, Gymnasium envs stepped on the CPU."""
+        """Envs without a torch version: policies batched on the device, Gymnasium envs stepped on the CPU.
+
+        Through Gymnasium's numpy vector env where the env has one, else one env per member.
+        """
         n = params.shape[0]
+        vec = self._vector_env(n)
+        if vec is not None:
+            return self._rollout_vector(vec, params, seed, caps, record)
         seeds = seeding.rng(seed, "vector_gym_resets").integers(0, 2**31 - 1, size=n)
         mean, inv_std = (torch.from_numpy(x).to(self.device) for x in self.normalizer())
         pol = self.policy
