@@ -118,3 +118,33 @@ def test_device_dqn_on_cuda(tmp_path):
     cfg = DQNConfig(hidden=(32,), learning_starts=64, batch_size=32, report_every=50)
     s = train_rl("dqn", run_cfg(tmp_path / "r", device="cuda"), cfg, show_progress=False)
     assert s["sync"] == "device" and s["updates"] >= 150
+
+
+def test_a_dead_ga3c_actor_ends_the_run_with_its_name():
+    import multiprocessing as mp
+    import os
+    import signal
+    import time
+
+    from esrl import envs
+    from esrl.backends.pool import WorkerFailure
+    from esrl.rl import nets
+    from esrl.rl.a3c import A3CSetup
+    from esrl.rl.common import optim_spec
+    from esrl.rl.ga3c import GA3C
+
+    setup = A3CSetup(A3CConfig(hidden=(8,), envs_per_worker=1), envs.spec_of("CartPole-v1"), 0)
+    arr = GA3C(setup, nets.get_flat(setup.build_model()), optim_spec(setup.cfg), 2, mp.get_context("fork"),
+               torch.device("cpu"))
+    arr.start()
+    try:
+        deadline = time.monotonic() + 10
+        while sum(r.updates for r in arr.poll(0.05)) == 0 and time.monotonic() < deadline:
+            pass
+        os.kill(arr.procs[1].pid, signal.SIGKILL)
+        with pytest.raises(WorkerFailure, match="actor 1 died"):
+            while time.monotonic() < deadline:
+                arr.poll(0.05)
+    finally:
+        arr.close()
+    assert arr.live_workers == 0

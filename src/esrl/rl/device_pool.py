@@ -212,19 +212,27 @@ class DeviceArrangement:
         self.stop.set()
         out: list[Report] = []
         deadline = time.monotonic() + 5
-        done = 0
-        while done < len(self.procs) and time.monotonic() < deadline:
+        done: set[int] = set()
+        while time.monotonic() < deadline and any(p.is_alive() and w not in done for w, p in self.procs.items()):
             try:
-                raw = self.reports.get(timeout=max(0.0, deadline - time.monotonic()))
+                raw = self.reports.get(timeout=0.05)
             except queue.Empty:
-                break
-            if pickle.loads(raw)[0] == "done":
-                done += 1
+                continue
+            kind, wid, *_ = pickle.loads(raw)
+            if kind == "done":
+                done.add(wid)
             else:
                 try:
                     out += self._take(raw)
                 except WorkerFailure:
                     pass
+        while True:  # what exited actors left in the queue
+            try:
+                raw = self.reports.get(timeout=0.01)
+            except queue.Empty:
+                break
+            if pickle.loads(raw)[0] == "report":
+                out += self._take(raw)
         self.halt.set()
         for th in self._threads:
             th.join(5)
