@@ -31,6 +31,31 @@ MAX_BATCH_FLOATS = 1 << 26  # members x params per chunk on the device
 COMPACT_BELOW = 0.5  # numpy path: drop finished rows once fewer than this fraction of the batch is live
 
 
+def _contiguous(layers: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Contiguous copies of per-row layer views: strided stacks make every batched product copy first."""
+    return [(np.ascontiguousarray(w), np.ascontiguousarray(b)) for w, b in layers]
+
+
+def _forward_np(layers: list[tuple[np.ndarray, np.ndarray]], x: np.ndarray, mean: np.ndarray, inv_std: np.ndarray,
+                clip: float) -> np.ndarray:
+    """Every row's MLP on its observation (the numpy MLP's maths, tuned for small layers).
+
+    Per-row products by einsum where the input is wide enough for its inner loop to pay
+    (measured: about 2x faster than a stacked matmul for 16 inputs, 2x slower for 4).
+    """
+    h = x - mean
+    h *= inv_std
+    np.minimum(h, clip, out=h)
+    np.maximum(h, -clip, out=h)
+    last = len(layers) - 1
+    for k, (w, b) in enumerate(layers):
+        h = np.einsum("noi,ni->no", w, h) if w.shape[2] >= 8 else np.matmul(w, h[:, :, None])[:, :, 0]
+        h += b
+        if k < last:
+            np.tanh(h, out=h)
+    return h
+
+
 @dataclass(frozen=True)
 class ESTorchSetup(ESSetup):
     device: str = "cpu"
@@ -167,12 +192,13 @@ class ESTorchReplica(ESReplica):
         """
         env = make_numpy_env(self.setup.spec.env_id)
         pol, n, d = self.policy, params.shape[0], self.setup.spec.obs_dim
+        self.peak_bytes = max(self.peak_bytes, params.nbytes)
         mean, inv_std = self.normalizer()
         state = env.initial(np.random.default_rng(seed), n)
         returns, lengths = np.zeros(n), np.zeros(n, np.int64)
         obs_sum, obs_sq, obs_n = np.zeros((n, d)), np.zeros((n, d)), np.zeros(n, np.int64)
         # the batch: row ids, layer views, running returns, lengths, caps, live and recording masks
-        rows, layers = np.arange(n), pol.split(params)
+        rows, layers = np.arange(n), _contiguous(pol.split(params))
         ret, length = np.zeros(n), np.zeros(n, np.int64)
         cap = np.minimum(caps, env.max_episode_steps)
         live, rec = np.ones(n, bool), record.copy()
@@ -193,7 +219,7 @@ class ESTorchReplica(ESReplica):
                 s1 += xw
                 s2 += np.square(xw, dtype=np.float64)
                 cnt += w
-            out = pol.forward(layers, x, mean, inv_std)
+            out = _forward_np(layers, x, mean, inv_std, self.cfg.obs_clip)
             action = out.argmax(1) if env.discrete else pol.to_actions(out).T
             state, reward, terminated = env.dynamics(state, action)
             np.add(ret, reward, out=ret, where=live)
@@ -209,7 +235,7 @@ class ESTorchReplica(ESReplica):
                 rows, params, state = rows[live], params[live], state[:, live]
                 ret, length, cap, rec = ret[live], length[live], cap[live], rec[live]
                 s1, s2, cnt = s1[live], s2[live], cnt[live]
-                layers = pol.split(params)
+                layers = _contiguous(pol.split(params))
                 live = np.ones(n_live, bool)
         recorded = np.flatnonzero(record)
         return {"returns": returns, "lengths": lengths,
