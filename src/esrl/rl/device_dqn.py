@@ -6,8 +6,10 @@ published a newer one (every PUBLISH_EVERY updates, into a shared-memory buffer 
 process lock); every `n_steps` steps of its `envs_per_worker` envs an actor sends the
 transitions to the learner. The learner thread writes them into a replay ring on the
 device and takes one TD step per `n_steps x envs_per_worker` transitions received (the CPU
-DQN's replay ratio), refreshing its target network every `target_update` updates.
-Staleness is the learner's version when transitions arrive minus the version of the copy
+DQN's replay ratio), refreshing its target network every `target_update` updates. Actors
+wait while they are more than LEAD_UPDATES updates per actor ahead of the learner, so the
+ratio holds whichever side is faster (unthrottled on two cores, the actors took the CPU
+and sent 40x the transitions the learner could use). Staleness is the learner's version when transitions arrive minus the version of the copy
 that chose their actions.
 """
 
@@ -29,6 +31,7 @@ from esrl.rl.dqn import td_gradient
 from esrl.shm import Counter, ProcessLock
 
 PUBLISH_EVERY = 10  # learner updates between copies published to the actors
+LEAD_UPDATES = 4  # per actor: how many updates' worth of transitions actors may run ahead of the learner
 
 
 class DeviceReplay:
@@ -71,6 +74,12 @@ class DeviceDQN(DeviceArrangement):
         self.replay = DeviceReplay(self.cfg.buffer_size, self.setup.spec.obs_dim, self.device)
         self.target = self.setup.build_model().to(self.device)
         nets.set_flat(self.target, self.flat)
+        self.per_update = self.cfg.n_steps * self.cfg.envs_per_worker
+        self.produced = Counter(self.ctx)  # transitions the actors have sent
+        self.allowed = Counter(self.ctx, self._allowance(0))  # transitions they may have sent so far
+
+    def _allowance(self, updates: int) -> int:
+        return self.cfg.learning_starts + (updates + LEAD_UPDATES * self.n) * self.per_update
 
     def load(self, params: torch.Tensor, state: dict[str, torch.Tensor], version: int) -> None:
         super().load(params, state, version)
@@ -95,6 +104,9 @@ class DeviceDQN(DeviceArrangement):
         steps, have = setup.start_steps, -1
         flat = torch.zeros_like(self.published)
         while not link.stop.is_set():
+            if self.produced.value >= self.allowed.value:  # ahead of the learner: let it catch up
+                time.sleep(0.0005)
+                continue
             t0 = time.perf_counter()
             if self.published_version.value != have:
                 with self.publish_lock:
@@ -118,6 +130,7 @@ class DeviceDQN(DeviceArrangement):
                 steps += len(obs)
             link.acc.counts["real_transitions"] = link.acc.counts.get("real_transitions", 0) + sum(map(len, cols[0]))
             link.send(self.transitions, "experience", (have, *(np.concatenate(c) for c in cols)))
+            self.produced.add(len(obs) * cfg.n_steps)
             link.traffic.compute_s += time.perf_counter() - t0
             link.maybe_report()
 
@@ -125,8 +138,8 @@ class DeviceDQN(DeviceArrangement):
     def learn_loop(self) -> None:
         cfg, dev = self.cfg, self.device
         gen = torch.Generator().manual_seed(seeding.derive_int(self.setup.seed, "dqn_device_sample"))
-        per_update = cfg.n_steps * cfg.envs_per_worker
-        credit, target_epoch = 0, self.version // cfg.target_update
+        per_update = self.per_update
+        credit, target_epoch, mine = 0, self.version // cfg.target_update, 0
         while not self.halt.is_set():
             try:
                 items = [pickle.loads(self.transitions.get(timeout=0.05 if credit < per_update else 0))]
@@ -151,6 +164,8 @@ class DeviceDQN(DeviceArrangement):
             if not (torch.isfinite(loss) and torch.isfinite(grad).all()):
                 raise NonFiniteError(f"learner, update {self.version + 1}: non-finite TD loss or gradient")
             version = self.apply(grad)
+            mine += 1
+            self.allowed.value = self._allowance(mine)
             if version // cfg.target_update != target_epoch:
                 target_epoch = version // cfg.target_update
                 with self.lock:
