@@ -149,3 +149,9 @@ def test_a_dead_ga3c_actor_ends_the_run_with_its_name():
     finally:
         arr.close()
     assert arr.live_workers == 0
+
+
+def test_ga3c_runs_continuous_actions(tmp_path):
+    cfg = A3CConfig(sync="ga3c", hidden=(16,), envs_per_worker=2, report_every=10)
+    s = train_rl("a3c", run_cfg(tmp_path / "r", env="Pendulum-v1", max_iterations=2), cfg, show_progress=False)
+    assert s["updates"] >= 20 and s["env_steps"] > 0 and np.isfinite(s["final_eval_return"])
