@@ -28,6 +28,7 @@ from esrl.rl import nets
 from esrl.rl.common import EnvSlots, NonFiniteError, Report
 from esrl.rl.device_pool import ActorLink, DeviceArrangement
 from esrl.rl.dqn import td_gradient
+from esrl.rl.replay import obs_dtype
 from esrl.shm import Counter, ProcessLock
 
 PUBLISH_EVERY = 10  # learner updates between copies published to the actors
@@ -37,10 +38,12 @@ LEAD_UPDATES = 4  # per actor: how many updates' worth of transitions actors may
 class DeviceReplay:
     """A replay ring of transitions as tensors on the device; sampling never leaves it."""
 
-    def __init__(self, capacity: int, obs_dim: int, device: torch.device) -> None:
+    def __init__(self, capacity: int, obs_dim: int, device: torch.device, obs_dtype: torch.dtype = torch.float32
+                 ) -> None:
+        """`obs_dtype` uint8 keeps image frames at a quarter of the memory; samples come back as float32."""
         self.capacity, self.added = capacity, 0
-        self.obs = torch.zeros(capacity, obs_dim, device=device)
-        self.next_obs = torch.zeros(capacity, obs_dim, device=device)
+        self.obs = torch.zeros(capacity, obs_dim, dtype=obs_dtype, device=device)
+        self.next_obs = torch.zeros(capacity, obs_dim, dtype=obs_dtype, device=device)
         self.action = torch.zeros(capacity, dtype=torch.long, device=device)
         self.reward = torch.zeros(capacity, device=device)
         self.done = torch.zeros(capacity, device=device)
@@ -51,13 +54,14 @@ class DeviceReplay:
     def add(self, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor, next_obs: torch.Tensor,
             done: torch.Tensor) -> None:
         idx = torch.arange(self.added, self.added + len(obs), device=obs.device) % self.capacity
-        self.obs[idx], self.action[idx], self.reward[idx] = obs, action, reward
-        self.next_obs[idx], self.done[idx] = next_obs, done
+        self.obs[idx], self.action[idx], self.reward[idx] = obs.to(self.obs.dtype), action, reward
+        self.next_obs[idx], self.done[idx] = next_obs.to(self.obs.dtype), done
         self.added += len(obs)
 
     def sample(self, n: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
         idx = torch.randint(len(self), (n,), generator=gen).to(self.obs.device)
-        return self.obs[idx], self.action[idx], self.reward[idx], self.next_obs[idx], self.done[idx]
+        return (self.obs[idx].float(), self.action[idx], self.reward[idx], self.next_obs[idx].float(),
+                self.done[idx])
 
 
 class DeviceDQN(DeviceArrangement):
@@ -71,7 +75,8 @@ class DeviceDQN(DeviceArrangement):
         self.published = self.flat.detach().cpu().clone().share_memory_()
         self.published_version = Counter(self.ctx)
         self.publish_lock = ProcessLock()
-        self.replay = DeviceReplay(self.cfg.buffer_size, self.setup.spec.obs_dim, self.device)
+        self.replay = DeviceReplay(self.cfg.buffer_size, self.setup.spec.obs_dim, self.device,
+                                   obs_dtype(self.setup.spec))
         self.target = self.setup.build_model().to(self.device)
         nets.set_flat(self.target, self.flat)
         self.per_update = self.cfg.n_steps * self.cfg.envs_per_worker
