@@ -149,3 +149,9 @@ def test_vector_entry_point_steps_the_population_in_one_gymnasium_vector_env(mon
     same_start = _gym_replica(True).run(("pop", 0, 0, 32))
     np.testing.assert_array_equal(same_start["returns"], per_member["returns"])
     np.testing.assert_array_equal(same_start["lengths"], per_member["lengths"])
+
+
+def test_vectorized_refuses_the_cnn_policy(tmp_path):
+    with pytest.raises(InputError, match=r"^policy: "):
+        train(vec_run(tmp_path / "r"), tiny_es(policy="cnn"), show_progress=False)
+    assert not (tmp_path / "r").exists()

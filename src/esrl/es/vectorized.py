@@ -25,6 +25,7 @@ import torch
 from esrl import seeding
 from esrl.envs_np import NUMPY_ENVS, make_numpy_env
 from esrl.envs_torch import TORCH_ENVS, make_torch_env
+from esrl.errors import InputError
 from esrl.es.algorithm import ESReplica, ESSetup, obs_record_mask
 
 MAX_BATCH_FLOATS = 1 << 26  # members x params per chunk on the device
@@ -60,6 +61,12 @@ def _forward_np(layers: list[tuple[np.ndarray, np.ndarray]], x: np.ndarray, mean
 class ESTorchSetup(ESSetup):
     device: str = "cpu"
     engine: str = "auto"  # auto: numpy envs and policies on the CPU where a numpy env exists; torch: always torch
+
+    def __post_init__(self) -> None:
+        kind = self.cfg.policy if self.cfg.policy != "auto" else ("cnn" if self.spec.image else "mlp")
+        if kind != "mlp":
+            raise InputError("policy", f"the vectorized backend batches MLP policies, not {kind}",
+                             "mlp (or the processes backend for the CNN)")
 
     def build(self) -> ESTorchReplica:
         return ESTorchReplica(self)
