@@ -64,15 +64,11 @@ class CartPole(NumpyEnv):
         thetaacc = (c.gravity * sintheta - costheta * temp) / (
             c.length * (4.0 / 3.0 - c.masspole * costheta**2 / c.total_mass))
         xacc = temp - c.polemass_length * thetaacc * costheta / c.total_mass
-        nxt = np.empty_like(s)
-        np.multiply(x_dot, c.tau, out=nxt[0])
-        nxt[0] += x
-        np.multiply(xacc, c.tau, out=nxt[1])
-        nxt[1] += x_dot
-        np.multiply(theta_dot, c.tau, out=nxt[2])
-        nxt[2] += theta
-        np.multiply(thetaacc, c.tau, out=nxt[3])
-        nxt[3] += theta_dot
+        # Euler over the four rows at once: s + tau * (x_dot, xacc, theta_dot, thetaacc), Gymnasium's products and sums
+        d = np.empty_like(s)
+        d[0], d[1], d[2], d[3] = x_dot, xacc, theta_dot, thetaacc
+        d *= c.tau
+        nxt = np.add(s, d, out=d)
         # |v| > t is exactly (v < -t) | (v > t) for floats
         terminated = (np.abs(nxt[0]) > c.x_threshold) | (np.abs(nxt[2]) > c.theta_threshold)
         if self.ones.shape != x.shape:

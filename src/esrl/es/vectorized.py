@@ -209,7 +209,8 @@ class ESTorchReplica(ESReplica):
         ret, length = np.zeros(n), np.zeros(n, np.int64)
         cap = np.minimum(caps, env.max_episode_steps)
         live, rec = np.ones(n, bool), record.copy()
-        recording = bool(rec.any())
+        recording = keep_recording = bool(rec.any())
+        cap_min, k = int(cap.min()), 0  # every live row has taken exactly k steps
         s1, s2, cnt = np.zeros((n, d)), np.zeros((n, d)), np.zeros(n, np.int64)
 
         def flush(gone: np.ndarray) -> None:
@@ -220,7 +221,7 @@ class ESTorchReplica(ESReplica):
 
         while True:
             x = env.observe(state).T.astype(np.float32)
-            if recording:
+            if keep_recording:
                 w = rec & live
                 xw = x * w[:, None]
                 s1 += xw
@@ -231,8 +232,10 @@ class ESTorchReplica(ESReplica):
             state, reward, terminated = env.dynamics(state, action)
             np.add(ret, reward, out=ret, where=live)
             length += live
-            live &= ~terminated
-            live &= length < cap
+            k += 1
+            np.greater(live, terminated, out=live)  # live and not terminated, in one call
+            if k >= cap_min:
+                live &= length < cap
             n_live = int(np.count_nonzero(live))
             if n_live == 0:
                 flush(np.ones(rows.size, bool))
@@ -242,6 +245,8 @@ class ESTorchReplica(ESReplica):
                 rows, params, state = rows[live], params[live], state[:, live]
                 ret, length, cap, rec = ret[live], length[live], cap[live], rec[live]
                 s1, s2, cnt = s1[live], s2[live], cnt[live]
+                keep_recording = recording and bool(rec.any())
+                cap_min = int(cap.min())
                 layers = _contiguous(pol.split(params))
                 live = np.ones(n_live, bool)
         recorded = np.flatnonzero(record)
