@@ -39,6 +39,8 @@ def solve(algo: str, sync: str | None, env: str, target: float, seed: int, worke
     cfg = ALGORITHMS[algo]() if sync is None else ALGORITHMS[algo](sync=sync)
     if algo == "es" and population:
         cfg.population = population
+    if algo == "es" and backend == "vectorized":
+        import esrl.es.vectorized  # noqa: F401  (imported before the clock starts, as the esrl command does)
     with tempfile.TemporaryDirectory() as tmp:
         run = RunConfig(env=env, seed=seed, backend=backend if algo == "es" else "processes", device=device,
                         workers=workers, target_return=target, max_seconds=max_seconds,

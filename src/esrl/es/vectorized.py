@@ -80,10 +80,16 @@ class ESTorchReplica(ESReplica):
         self.use_vector_entry = True  # Gymnasium's vector_entry_point where an env has one (tests turn it off)
         if self.device.type == "cpu":
             torch.set_num_threads(1)  # one core: small batched ops gain nothing from a thread pool
-        self.table_dev = torch.from_numpy(np.array(self.table)).to(self.device)  # a writable copy, once
+        self._table_dev: torch.Tensor | None = None
         self.peak_bytes = 0
         self._cache: dict[str, dict[str, Any]] = {}
         self._cache_t = -1
+
+    def table_dev(self) -> torch.Tensor:
+        """The noise table on the device: copied once, on first use (the numpy path never needs it)."""
+        if self._table_dev is None:
+            self._table_dev = torch.from_numpy(np.array(self.table)).to(self.device)  # a writable copy
+        return self._table_dev
 
     def _params(self, members: np.ndarray, t: int) -> torch.Tensor:
         offsets, slots, signs = self.addresses(t)
@@ -91,7 +97,7 @@ class ESTorchReplica(ESReplica):
         idx = off[:, None] + torch.arange(self.dim, device=self.device)[None, :]
         sign = torch.from_numpy(signs[members]).to(self.device)[:, None]
         theta = torch.from_numpy(self.theta).to(self.device)
-        return theta[None, :] + float(self.cfg.sigma) * self.table_dev[idx] * sign
+        return theta[None, :] + float(self.cfg.sigma) * self.table_dev()[idx] * sign
 
     def _policy(self, p: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, inv_std: torch.Tensor) -> torch.Tensor:
         """Outputs of every row's MLP on its observation: one batched matmul per layer."""
