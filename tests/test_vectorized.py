@@ -40,11 +40,13 @@ def test_vectorized_learns_cartpole(tmp_path):
     assert s["solved"]
 
 
-def test_gymnasium_env_without_torch_version_runs_with_device_policies(tmp_path):
-    """FrozenLake has no torch version: Gymnasium steps it, the population's policies run batched in torch."""
+@pytest.mark.parametrize("env_id", ["FrozenLake-v1", "CartPole-v0"])
+def test_gymnasium_env_without_torch_version_runs_with_device_policies(tmp_path, env_id):
+    """No esrl version: Gymnasium steps it (CartPole-v0: its numpy vector env; FrozenLake: env by env),
+    the population's policies run batched in torch; same seed, same theta."""
     cfg = tiny_es(population=16, obs_norm_fraction=0.5)
-    a = train(vec_run(tmp_path / "a", env="FrozenLake-v1", max_iterations=3), cfg, show_progress=False)
-    train(vec_run(tmp_path / "b", env="FrozenLake-v1", max_iterations=3), cfg, show_progress=False)
+    a = train(vec_run(tmp_path / "a", env=env_id, max_iterations=3), cfg, show_progress=False)
+    train(vec_run(tmp_path / "b", env=env_id, max_iterations=3), cfg, show_progress=False)
     assert a["env_steps"] > 0
     assert np.array_equal(final_state(tmp_path / "a")["theta"], final_state(tmp_path / "b")["theta"])
     assert det_metrics(tmp_path / "a") == det_metrics(tmp_path / "b")
