@@ -107,6 +107,7 @@ def test_device_arrangement_input_errors(tmp_path, capsys):
         assert not (tmp_path / "c").exists()
 
 
+@pytest.mark.gpu
 @CUDA
 def test_ga3c_on_cuda(tmp_path):
     cfg = A3CConfig(hidden=(16,), envs_per_worker=2, report_every=20)
@@ -114,6 +115,7 @@ def test_ga3c_on_cuda(tmp_path):
     assert s["sync"] == "ga3c" and s["updates"] >= 60
 
 
+@pytest.mark.gpu
 @CUDA
 def test_device_dqn_on_cuda(tmp_path):
     cfg = DQNConfig(hidden=(32,), learning_starts=64, batch_size=32, report_every=50)

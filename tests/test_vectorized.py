@@ -157,3 +157,13 @@ def test_vectorized_refuses_the_cnn_policy(tmp_path):
     with pytest.raises(InputError, match=r"^policy: "):
         train(vec_run(tmp_path / "r"), tiny_es(policy="cnn"), show_progress=False)
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_same_seed_same_theta_on_cuda(tmp_path):
+    cfg = tiny_es(population=64, obs_norm_fraction=0.3)
+    train(vec_run(tmp_path / "a", device="cuda"), cfg, show_progress=False)
+    train(vec_run(tmp_path / "b", device="cuda"), cfg, show_progress=False)
+    assert np.array_equal(final_state(tmp_path / "a")["theta"], final_state(tmp_path / "b")["theta"])
+    assert det_metrics(tmp_path / "a") == det_metrics(tmp_path / "b")
