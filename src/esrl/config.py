@@ -32,7 +32,8 @@ class RunConfig:
     backend: str = _f("processes", "where the work runs (vectorized and ray: ES only so far)",
                       ("serial", "processes", "vectorized", "ray"))
     address: str = _f("", "ray: cluster to join ('auto' or host:port); empty starts a local instance on 127.0.0.1")
-    device: str = _f("auto", "torch device of the vectorized backend", ("cpu", "cuda", "auto"))
+    device: str = _f("auto", "torch device of the vectorized backend, and of A3C's and DQN's device arrangements "
+                     "(cuda selects them)", ("cpu", "cuda", "auto"))
     workers: int = _f(0, "worker processes (0 = number of CPU cores)")
     target_return: float | None = _f(None, "evaluation return that counts as solved (default: the env's reward_threshold)")
     max_seconds: float = _f(600.0, "wall-clock budget in seconds (0 = none)")
@@ -143,7 +144,8 @@ class ESConfig:
 class A3CConfig:
     """A3C (Mnih et al. 2016): asynchronous actor-critic workers updating a global model."""
 
-    sync: str = _f("hogwild", "how workers share the global model", ("hogwild", "lock", "param-server"))
+    sync: str = _f("hogwild", "how workers share the global model (ga3c: the model on --device, CPU actors)",
+                   ("hogwild", "lock", "param-server", "ga3c"))
     shards: int = _f(1, "parameter-server shards (param-server only)")
     optimizer: str = _f("adam", "shared optimizer", ("adam", "rmsprop", "sgd"))
     lr: float = _f(1e-3, "learning rate")
@@ -159,7 +161,7 @@ class A3CConfig:
     report_every: int = _f(100, "global updates per metrics line (one 'iteration')")
 
     def validate(self) -> None:
-        _validate_rl(self)
+        _validate_rl(self, "ga3c")
         _check(0 <= self.gae_lambda <= 1, "gae_lambda", f"must be in [0, 1], got {self.gae_lambda}")
         _check(self.entropy_coef >= 0, "entropy_coef", f"must be >= 0, got {self.entropy_coef}")
         _check(self.value_coef >= 0, "value_coef", f"must be >= 0, got {self.value_coef}")
@@ -169,7 +171,8 @@ class A3CConfig:
 class DQNConfig:
     """Parallel DQN (Gorila, Nair et al. 2015): actor-learner workers updating a global Q-network."""
 
-    sync: str = _f("hogwild", "how workers share the global Q-network", ("hogwild", "lock", "param-server"))
+    sync: str = _f("hogwild", "how workers share the global Q-network (device: learner and replay on --device)",
+                   ("hogwild", "lock", "param-server", "device"))
     shards: int = _f(1, "parameter-server shards (param-server only)")
     replay: str = _f("local", "replay memory per worker or one shared by all", ("local", "global"))
     optimizer: str = _f("adam", "shared optimizer", ("adam", "rmsprop", "sgd"))
@@ -215,7 +218,7 @@ class DynaQConfig(DQNConfig):
 
 
 def _validate_dqn(cfg: Any) -> None:
-    _validate_rl(cfg)
+    _validate_rl(cfg, "" if isinstance(cfg, DynaQConfig) else "device")  # Dyna-Q has no device arrangement
     _check(cfg.replay in ("local", "global"), "replay", f"unknown {cfg.replay!r}", "local, global")
     _check(cfg.batch_size >= 1, "batch_size", f"must be >= 1, got {cfg.batch_size}")
     _check(cfg.buffer_size >= cfg.batch_size, "buffer_size", f"must be >= batch_size, got {cfg.buffer_size}")
@@ -226,9 +229,9 @@ def _validate_dqn(cfg: Any) -> None:
     _check(cfg.eps_decay_steps >= 1, "eps_decay_steps", f"must be >= 1, got {cfg.eps_decay_steps}")
 
 
-def _validate_rl(cfg: Any) -> None:
-    _check(cfg.sync in ("hogwild", "lock", "param-server"), "sync", f"unknown {cfg.sync!r}",
-           "hogwild, lock, param-server")
+def _validate_rl(cfg: Any, device_sync: str = "") -> None:
+    syncs = ("hogwild", "lock", "param-server", *((device_sync,) if device_sync else ()))
+    _check(cfg.sync in syncs, "sync", f"unknown {cfg.sync!r}", ", ".join(syncs))
     _check(cfg.shards >= 1, "shards", f"must be >= 1, got {cfg.shards}")
     _check(cfg.optimizer in ("adam", "rmsprop", "sgd"), "optimizer", f"unknown {cfg.optimizer!r}",
            "adam, rmsprop, sgd")

@@ -23,6 +23,7 @@ from esrl.errors import InputError
 from esrl.progress import Progress
 from esrl.rl import nets
 from esrl.rl.common import Report, optim_spec
+from esrl.rl.device_pool import device_arrangement, make_arrangement
 from esrl.runs import checkpoint, interrupts
 from esrl.runs.rundir import RunDir
 from esrl.stores import make_store
@@ -61,9 +62,12 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
     spec = run.env_spec()
     check_combination(algo, run, cfg, spec.obs_onehot)
     workers = run.workers or default_workers()
+    arrangement = device_arrangement(algo, run, cfg)
+    if arrangement is not None:
+        cfg = dataclasses.replace(cfg, sync=arrangement)
     setup = setup_for(algo, cfg, spec, run.seed)
     ctx = context()
-    if hasattr(setup, "attach"):  # shared resources of the run: a global replay, a world model
+    if hasattr(setup, "attach") and arrangement is None:  # shared resources of the run: a global replay, a world model
         setup = setup.attach(ctx, workers)
     target = resolve_target(run, spec)
     model = setup.build_model()
@@ -93,9 +97,13 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
                                   "num_params": int(params.numel()), "sync": "serial" if serial else cfg.sync}})
 
     max_restarts = 3 * workers
-    if serial:
-        store: Any = make_store("lock", params, optim_spec(cfg), ctx)
-        pool: Any = SerialPool(setup, store, workers)
+    store: Any
+    pool: Any
+    if arrangement is not None:  # the model on a device, actors on the CPU: one object is pool and store
+        store = pool = make_arrangement(arrangement, setup, params, optim_spec(cfg), workers, ctx, run.device)
+    elif serial:
+        store = make_store("lock", params, optim_spec(cfg), ctx)
+        pool = SerialPool(setup, store, workers)
     else:
         slots = ProcessPool.slots_needed(workers, max_restarts)
         store = make_store(cfg.sync, params, optim_spec(cfg), ctx, slots=slots, shards=cfg.shards)
