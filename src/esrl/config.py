@@ -132,7 +132,7 @@ class ESConfig:
         _check(self.policy in ("auto", "mlp", "cnn"), "policy", f"unknown {self.policy!r}", "auto, mlp, cnn")
         _check(self.cnn_dtype in ("float32", "bfloat16"), "cnn_dtype", f"unknown {self.cnn_dtype!r}",
                "float32, bfloat16")
-        _check(self.vbn_batch >= 0, "vbn_batch", f"must be >= 0, got {self.vbn_batch}")
+        _check(self.vbn_batch == 0 or 2 <= self.vbn_batch <= 4096, "vbn_batch", f"must be 0 or in [2, 4096], got {self.vbn_batch}")
         _check(0 <= self.obs_norm_fraction <= 1, "obs_norm_fraction", f"must be in [0, 1], got {self.obs_norm_fraction}")
         _check(self.obs_clip > 0, "obs_clip", f"must be > 0, got {self.obs_clip}")
         _check(self.action_noise >= 0, "action_noise", f"must be >= 0, got {self.action_noise}")

@@ -9,6 +9,7 @@ downloaded.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -121,7 +122,11 @@ def make(env_id: str, render_mode: str | None = None, episodic_life: bool = Fals
         raise InputError("episodic_life", f"applies to Atari envs only, not {env_id}", "--no-episodic-life")
     try:
         if atari:
-            return _atari(gym.make(env_id, render_mode=render_mode, frameskip=1, **kwargs), episodic_life)
+            # sticky actions move out of the emulator into StickyFrames, drawn from the seeded generator
+            sticky = float(kwargs.pop("repeat_action_probability",
+                                      gym.spec(env_id).kwargs.get("repeat_action_probability", 0.25)))
+            base = gym.make(env_id, render_mode=render_mode, frameskip=1, repeat_action_probability=0.0, **kwargs)
+            return _atari(base, sticky, episodic_life)
         return gym.make(env_id, render_mode=render_mode, **kwargs)
     except gym.error.Error as exc:
         raise InputError("env", f"cannot make {env_id!r}: {exc}", "a registered Gymnasium id such as CartPole-v1") from None
@@ -138,11 +143,11 @@ class SnapshotReset(gym.Wrapper):
     """A seeded reset of an ALE env that restores a console snapshot instead of reloading the ROM.
 
     ale-py reloads the ROM on every `reset(seed=...)` (about 0.2 s, as long as a short Pong
-    episode). Here the ROM is loaded once with a fixed seed and the console state, its
-    random generator included, is snapshotted; a seeded reset restores that snapshot and
-    seeds the env's numpy generator, which draws the no-op start. An episode is still a pure
-    function of its seed and actions, independent of the episodes before it; unseeded
-    resets pass through.
+    episode). Here the ROM is loaded once with a fixed seed and the console state is
+    snapshotted; a seeded reset restores that snapshot and seeds the env's numpy generator,
+    which draws the no-op start and every sticky action (`StickyFrames`; the emulator's own
+    are off). An episode is a pure function of its seed and actions, independent of the
+    episodes before it; unseeded resets pass through.
     """
 
     SNAPSHOT_SEED = 0
@@ -163,12 +168,70 @@ class SnapshotReset(gym.Wrapper):
         return ale_env._get_obs(), ale_env._get_info()
 
 
-def _atari(env: gym.Env, episodic_life: bool) -> gym.Env:
+class StickyFrames(gym.Wrapper):
+    """Sticky actions (Machado et al. 2018) per emulator frame: with probability p the previous
+    frame's action is played again. Draws come from the env's seeded numpy generator."""
+
+    def __init__(self, env: gym.Env, p: float) -> None:
+        super().__init__(env)
+        self.p, self._last = p, 0
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+        self._last = 0  # NOOP, as the emulator starts
+        return self.env.reset(seed=seed, options=options)
+
+    def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
+        if self.env.unwrapped.np_random.random() >= self.p:
+            self._last = action
+        return self.env.step(self._last)
+
+
+class EpisodicLife(gym.Wrapper):
+    """A lost life ends the episode for learning but not the game (Mnih et al. 2015): the next
+    reset continues the game with a no-op step; only a game over resets the console."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self._lives, self._resume = 0, False
+        self._ale: Any = env.unwrapped.ale  # type: ignore[attr-defined]
+
+    def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
+        obs, reward, term, trunc, info = self.env.step(action)
+        lives = self._ale.lives()
+        if not (term or trunc) and 0 < lives < self._lives:
+            term, self._resume = True, True
+        self._lives = lives
+        return obs, reward, term, trunc, info
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+        obs: Any = None
+        info: dict[str, Any] = {}
+        if self._resume:
+            self._resume = False
+            obs, _, term, trunc, info = self.env.step(0)
+            if term or trunc:
+                obs = None
+        if obs is None:
+            obs, info = self.env.reset(seed=seed, options=options)
+        self._lives = self._ale.lives()
+        return obs, info
+
+
+def _atari(env: gym.Env, sticky: float, episodic_life: bool) -> gym.Env:
     from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation
 
-    env = AtariPreprocessing(SnapshotReset(env), noop_max=ATARI_NOOP_MAX, frame_skip=ATARI_FRAME_SKIP, screen_size=ATARI_SCREEN,
-                             terminal_on_life_loss=episodic_life, grayscale_obs=True, scale_obs=False)
-    return FrameStackObservation(env, ATARI_FRAME_STACK)
+    env = SnapshotReset(env)
+    if sticky > 0:
+        env = StickyFrames(env, sticky)
+    env = AtariPreprocessing(env, noop_max=ATARI_NOOP_MAX, frame_skip=ATARI_FRAME_SKIP, screen_size=ATARI_SCREEN,
+                             grayscale_obs=True, scale_obs=False)
+    env = FrameStackObservation(env, ATARI_FRAME_STACK)
+    return EpisodicLife(env) if episodic_life else env
+
+
+def whole_episodes(spec: EnvSpec) -> EnvSpec:
+    """The spec for evaluation: the same env without episodic life (a lost life does not end an evaluation)."""
+    return dataclasses.replace(spec, options=tuple((k, v) for k, v in spec.options if k != "episodic_life"))
 
 
 def describe(env: gym.Env, env_id: str, options: tuple[tuple[str, Any], ...] = ()) -> EnvSpec:

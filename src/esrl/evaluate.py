@@ -24,10 +24,11 @@ def _es_policy(run: config.RunConfig, cfg: Any, spec: envs.EnvSpec, manifest: Pa
     tensors, meta = checkpoint.load(manifest, "es", {"theta": (replica.dim,)})
     replica.set_state({**tensors, **meta["meta"]["scalars"]})
     mean, inv_std = replica.normalizer()
-    pol, theta = replica.policy, replica.theta[None]
+    pol = replica.policy
+    prepared = pol.split(replica.theta[None])  # once: the CNN's VBN statistics come from a reference pass
 
     def act(obs: np.ndarray) -> Any:
-        a = pol.to_actions(pol.forward(theta, pol.preprocess(np.asarray(obs)[None]), mean, inv_std))[0]
+        a = pol.to_actions(pol.forward(prepared, pol.preprocess(np.asarray(obs)[None]), mean, inv_std))[0]
         return int(a) if spec.discrete else a
 
     return act, int(meta["iteration"])

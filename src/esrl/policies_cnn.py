@@ -9,14 +9,14 @@ policy's normalization moves with its own weights. The reference batch is collec
 with random actions from the run seed (`reference_batch`), rebuilt identically by every
 replica and never sent anywhere.
 
-Like `policies.MLP`, the forward pass is batched over parameter rows (members): the weights
-of B members run as one grouped convolution and one batched matmul per layer.
+Like `policies.MLP`, the forward pass takes many parameter rows (members) at once, but each
+member runs on its own (a loop): a grouped convolution over members was as fast, and its
+results depended on how many members shared the call, which order-free ES cannot allow.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -24,11 +24,11 @@ import torch.nn.functional as F
 
 from esrl import envs, seeding
 from esrl.envs import EnvSpec
+from esrl.errors import InputError
 from esrl.policies import to_actions
 
 VBN_EPS = 1e-5
 REF_KEEP = 0.125  # chance that a frame of the random-action trajectory joins the reference batch
-REF_FLOATS = 1 << 24  # reference activations computed at once (members x frames x units), bounds memory
 
 
 def reference_batch(spec: EnvSpec, seed: int, size: int) -> np.ndarray:
@@ -82,6 +82,9 @@ class ConvPolicy:
     def __post_init__(self) -> None:
         if not self.spec.image:
             raise ValueError(f"{self.spec.env_id} has observations of shape {self.spec.obs_shape}, not image frames")
+        if min(self._spatial(len(self.channels) - 1)) < 1:
+            raise InputError("policy", f"images of {self.spec.env_id} ({self.spec.obs_shape}) are smaller than the "
+                             "CNN's receptive field", "mlp")
         if self.reference is not None and self.reference.shape[1:] != self.spec.chw:
             object.__setattr__(self, "reference", self.preprocess(self.reference))
 
@@ -97,10 +100,15 @@ class ConvPolicy:
 
     @property
     def flat(self) -> int:
-        h, w = self.spec.chw[1:]
-        for _, _, k, s in self.conv_shapes:
-            h, w = (h - k) // s + 1, (w - k) // s + 1
+        h, w = self._spatial(len(self.channels) - 1)
         return self.channels[-1] * h * w
+
+    def _spatial(self, layer: int) -> tuple[int, int]:
+        """(height, width) after convolution `layer`."""
+        h, w = self.spec.chw[1:]
+        for _, _, k, s in self.conv_shapes[: layer + 1]:
+            h, w = (h - k) // s + 1, (w - k) // s + 1
+        return h, w
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         """Named tensor shapes in flat order."""
@@ -179,69 +187,62 @@ class ConvPolicy:
             prep.shift.append(beta)
         return prep
 
-    def _trunk(self, prep: Prepared, x: torch.Tensor, stats: list[tuple[torch.Tensor, torch.Tensor]] | None
-               ) -> torch.Tensor:
-        """Hidden features (B, N, hidden) of N frames per member, x: (B, N, C, H, W) float in [0, 1].
+    def _member(self, prep: Prepared, b: int, x: torch.Tensor, reference: bool = False,
+                trace: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Hidden features (N, hidden) of member b on frames x (N, C, H, W) in [0, 1].
 
-        With `stats` None, each layer's VBN mean and variance are taken over this batch (the
-        reference pass) and appended to `stats_out`; otherwise the given ones are used.
+        Each member runs on its own, with the same shapes whatever else is in the batch, so
+        its actions are bit-identical however members are grouped into tasks (order-free
+        ES). `reference`: x is the reference batch; each layer's VBN statistics are taken
+        over it and folded into the member's scale and shift before the next layer.
+        `trace` collects each layer's normalized pre-activation (tests).
         """
-        b, n = x.shape[:2]
-        h = x.transpose(0, 1).reshape(n, b * x.shape[2], *x.shape[3:])  # members as channel groups
-        layer = 0
-        for w, (_, _, _, stride) in zip(prep.convs, self.conv_shapes, strict=True):
-            h = F.conv2d(h, w.reshape(-1, *w.shape[2:]), stride=stride, groups=b)
-            h = self._norm(prep, layer, h.reshape(n, b, w.shape[1], -1), stats).relu()
-            h = h.reshape(n, b * w.shape[1], *self._spatial(layer))
-            layer += 1
-        feats = h.reshape(n, b, self.flat).transpose(0, 1)  # (B, N, flat)
-        h = torch.bmm(feats, prep.fc.transpose(1, 2))  # (B, N, hidden)
-        h = self._norm(prep, layer, h.transpose(0, 1)[..., None], stats)[..., 0].transpose(0, 1)
-        return h.relu()
-
-    def _spatial(self, layer: int) -> tuple[int, int]:
-        h, w = self.spec.chw[1:]
-        for _, _, k, s in self.conv_shapes[: layer + 1]:
-            h, w = (h - k) // s + 1, (w - k) // s + 1
-        return h, w
-
-    def _norm(self, prep: Prepared, layer: int, h: torch.Tensor, stats: list[Any] | None) -> torch.Tensor:
-        """h: (N, B, units, positions). VBN (or bias) as one affine map per member and unit."""
-        if stats is not None and self.vbn:  # reference pass: statistics over frames and positions
-            h32 = h.float()
-            mean = h32.mean(dim=(0, 3))
-            var = h32.var(dim=(0, 3), unbiased=False)
-            stats.append((mean, var))
-            scale = prep.scale[layer].float() / torch.sqrt(var + VBN_EPS)
-            shift = prep.shift[layer].float() - mean * scale
-            prep.scale[layer], prep.shift[layer] = scale.to(h.dtype), shift.to(h.dtype)
-        return h * prep.scale[layer][None, :, :, None] + prep.shift[layer][None, :, :, None]
+        h = x
+        layers = len(prep.convs)
+        for layer in range(layers + 1):
+            if layer < layers:
+                h = F.conv2d(h, prep.convs[layer][b], stride=self.conv_shapes[layer][3])  # (N, units, H', W')
+            else:
+                h = (h.reshape(len(h), -1) @ prep.fc[b].T)[:, :, None, None]  # (N, units, 1, 1)
+            if reference and self.vbn:
+                h32 = h.float()
+                mean = h32.mean(dim=(0, 2, 3))
+                var = h32.var(dim=(0, 2, 3), unbiased=False)
+                scale = prep.scale[layer][b].float() / torch.sqrt(var + VBN_EPS)
+                prep.scale[layer][b] = scale.to(h.dtype)
+                prep.shift[layer][b] = (prep.shift[layer][b].float() - mean * scale).to(h.dtype)
+            h = h * prep.scale[layer][b][:, None, None] + prep.shift[layer][b][:, None, None]
+            if trace is not None:
+                trace.append(h.float())
+            h = h.relu()
+        return h.reshape(len(h), -1)
 
     def split(self, params: np.ndarray) -> Prepared:
         """Weights of parameter rows (B, P), with each member's VBN statistics from the reference batch."""
         prep = self._weights(params)
+        prep.scale = [s.clone() for s in prep.scale]  # filled in place per member below
+        prep.shift = [s.clone() for s in prep.shift]
         if self.vbn:
-            assert self.reference is not None
-            ref = torch.from_numpy(self.reference).float().div_(255.0).to(self.torch_dtype)
-            per = max(1, REF_FLOATS // (len(ref) * int(np.prod(self.spec.chw))))
-            parts = [self.subset(prep, np.arange(lo, min(lo + per, prep.members)))
-                     for lo in range(0, prep.members, per)]
+            ref = self._reference()
             with torch.inference_mode():
-                for part in parts:
-                    self._trunk(part, ref[None].expand(part.members, *ref.shape), [])
-            prep.scale = [torch.cat([p.scale[k] for p in parts]) for k in range(len(prep.scale))]
-            prep.shift = [torch.cat([p.shift[k] for p in parts]) for k in range(len(prep.shift))]
+                for b in range(prep.members):
+                    self._member(prep, b, ref, reference=True)
         return prep
 
-    def reference_stats(self, params: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per hidden layer, the (mean, variance) per member and unit over the reference batch (for tests)."""
+    def _reference(self) -> torch.Tensor:
         assert self.reference is not None
-        prep = self._weights(params)
-        stats: list[tuple[torch.Tensor, torch.Tensor]] = []
-        ref = torch.from_numpy(self.reference).float().div_(255.0).to(self.torch_dtype)
+        return torch.from_numpy(self.reference).to(self.torch_dtype).mul(1.0 / 255.0)
+
+    def reference_trace(self, params: np.ndarray) -> list[list[np.ndarray]]:
+        """Per member, each layer's normalized pre-activations (N, units, H, W) on the reference batch (tests)."""
+        prep = self.split(params)
+        out = []
         with torch.inference_mode():
-            self._trunk(prep, ref[None].expand(prep.members, *ref.shape), stats)
-        return [(m.numpy(), v.numpy()) for m, v in stats]
+            for b in range(prep.members):
+                trace: list[torch.Tensor] = []
+                self._member(prep, b, self._reference(), trace=trace)
+                out.append([t.numpy() for t in trace])
+        return out
 
     def subset(self, prep: Prepared, rows: np.ndarray | list[int]) -> Prepared:
         """The prepared weights of some members (after others finished their episodes)."""
@@ -254,10 +255,10 @@ class ConvPolicy:
         """Outputs (B, act_dim) of member b on frame x[b]. `mean`/`inv_std` are unused: frames are scaled to [0, 1]."""
         prep = self.split(params) if isinstance(params, np.ndarray) else params
         with torch.inference_mode():
-            frames = torch.from_numpy(np.ascontiguousarray(x)).to(self.torch_dtype).mul_(1.0 / 255.0)
-            h = self._trunk(prep, frames.reshape(prep.members, 1, *self.spec.chw), None)
-            out = torch.baddbmm(prep.out_b[:, :, None], prep.out_w, h.transpose(1, 2))[:, :, 0]
-        return out.float().numpy()
+            frames = torch.from_numpy(np.ascontiguousarray(x)).to(self.torch_dtype).mul(1.0 / 255.0)
+            frames = frames.reshape(prep.members, 1, *self.spec.chw)
+            out = [prep.out_b[b] + self._member(prep, b, frames[b])[0] @ prep.out_w[b].T for b in range(prep.members)]
+        return torch.stack(out).float().numpy()
 
     def to_actions(self, out: np.ndarray) -> np.ndarray:
         return to_actions(self.spec, out)

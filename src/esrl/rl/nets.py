@@ -11,6 +11,7 @@ from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from esrl import seeding
 from esrl.envs import EnvSpec
+from esrl.errors import InputError
 
 
 def mlp(sizes: Sequence[int], out_gain: float = 1.0) -> nn.Sequential:
@@ -37,6 +38,9 @@ class NatureCNN(nn.Module):
         convs: list[nn.Conv2d | nn.Linear] = [nn.Conv2d(c, 32, 8, 4), nn.Conv2d(32, 64, 4, 2), nn.Conv2d(64, 64, 3, 1)]
         for k, s in ((8, 4), (4, 2), (3, 1)):
             h, w = (h - k) // s + 1, (w - k) // s + 1
+        if min(h, w) < 1:
+            raise InputError("env", f"images of {spec.env_id} ({spec.obs_shape}) are smaller than the Nature CNN's "
+                             "receptive field (36x36)")
         self.fc = nn.Linear(64 * h * w, features)
         for m in [*convs, self.fc]:
             assert isinstance(m.weight, torch.Tensor) and isinstance(m.bias, torch.Tensor)

@@ -26,8 +26,9 @@ class Replay:
                  obs_dtype: torch.dtype = torch.float32) -> None:
         """`obs_dtype` uint8 stores image frames at a quarter of the memory; samples come back as float32."""
         self.capacity = capacity
-        self.obs = torch.zeros(capacity, obs_dim, dtype=obs_dtype)
-        self.next_obs = torch.zeros(capacity, obs_dim, dtype=obs_dtype)
+        # empty, not zeros: pages are only touched when written (share_memory_ below then copies nothing real)
+        self.obs = torch.empty(capacity, obs_dim, dtype=obs_dtype)
+        self.next_obs = torch.empty(capacity, obs_dim, dtype=obs_dtype)
         self.action = torch.zeros(capacity, dtype=torch.long)
         self.reward = torch.zeros(capacity)
         self.done = torch.zeros(capacity)
