@@ -6,8 +6,9 @@ depend on the parameter count. A3C, DQN and Dyna-Q move whole gradient and param
 vectors: theirs grow with it. Worker counts may oversubscribe the cores (bytes do not care).
 For each (algorithm, workers, policy size) a short run is made and its metrics lines after
 the first are averaged. One JSON line per configuration; `bytes_per_iteration` means per
-ES iteration, or per `report_every` RL updates; `bytes_per_s` is over the same lines' wall
-time. On `--backend ray` the RL algorithms use `--sync param-server` (shared memory does not
+ES iteration, or per RL metrics line (`report_every` updates or a few more: workers report
+every 0.1 s, so `bytes_per_update` is the steadier RL figure); `bytes_per_s` is over the same
+lines' wall time. On `--backend ray` the RL algorithms use `--sync param-server` (shared memory does not
 span nodes); on processes they use `--sync` (default hogwild, whose "bytes" are shared-memory
 copies). Run:
     .venv/bin/python benchmarks/network_load.py [--algos es,a3c,dqn,dynaq] [--workers 1 2 4 8]
@@ -45,7 +46,10 @@ def measure(algo: str, workers: int, size: str, backend: str, sync: str) -> dict
             extra = {"learning_starts": 64, "batch_size": 32} if algo in ("dqn", "dynaq") else {}
             summary = train_rl(algo, run, ALGORITHMS[algo](hidden=hidden, report_every=5, sync=sync, **extra),
                                show_progress=False)
-        lines = [json.loads(x) for x in (Path(tmp) / "r" / "metrics.jsonl").read_text().splitlines()][1:]
+        every = [json.loads(x) for x in (Path(tmp) / "r" / "metrics.jsonl").read_text().splitlines()]
+    lines = every[1:]
+    # an RL metrics line may carry more than report_every updates (workers report every 0.1 s)
+    updates = lines[-1]["updates"] - every[0]["updates"] if algo != "es" and lines else 0
     per_it: dict[str, float] = {}
     wall = sum(m["iteration_s"] for m in lines)
     for m in lines:
@@ -58,6 +62,8 @@ def measure(algo: str, workers: int, size: str, backend: str, sync: str) -> dict
             "bytes_per_iteration": {k: round(v / n) for k, v in per_it.items()},
             "bytes_per_iteration_total": round(sum(per_it.values()) / n),
             "bytes_per_s": {k: round(v / wall) for k, v in per_it.items()} if wall else None,
+            "updates_per_iteration": updates / n if updates else None,
+            "bytes_per_update": {k: round(v / updates) for k, v in per_it.items()} if updates else None,
             "bytes_per_s_total": round(sum(per_it.values()) / wall) if wall else None}
 
 
