@@ -16,7 +16,7 @@ import os
 import pickle
 import time
 import warnings
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -82,7 +82,6 @@ class RayBackend:
     """N Ray actors, each with a replica; see the module docstring."""
 
     task_tail = 8  # a Ray call costs ~1 ms: end an iteration with a few larger ranges, not many tiny ones
-    in_flight = 2  # tasks queued per actor, so that an actor never waits a round trip for its next one
 
     def __init__(self, workers: int, address: str | None = None, max_restarts: int | None = None) -> None:
         self.n = workers
@@ -148,14 +147,12 @@ class RayBackend:
         pending: dict[Any, tuple[int, int, Any]] = {}  # object ref -> (worker, task id, task)
         remaining = len(tasks)
         while remaining:
-            queued = Counter(w for w, _, _ in pending.values())
-            for depth in range(self.in_flight):  # the next task waits on the actor: no idle round trip
-                for wid, actor in list(self._actors.items()):
-                    if queued[wid] <= depth and queue:
-                        tid, task = queue.popleft()
-                        self._count_sent("task", task)
-                        pending[actor.run.remote(task)] = (wid, tid, task)
-                        queued[wid] += 1
+            busy = {w for w, _, _ in pending.values()}
+            for wid, actor in list(self._actors.items()):
+                if wid not in busy and queue:
+                    tid, task = queue.popleft()
+                    self._count_sent("task", task)
+                    pending[actor.run.remote(task)] = (wid, tid, task)
             ready, _ = self.ray.wait(list(pending), num_returns=1, timeout=5.0)
             for ref in ready:
                 wid, tid, task = pending.pop(ref)
