@@ -7,6 +7,11 @@ STAMP := $(VENV)/.installed-stamp
 .PHONY: install demo test test-slow lint bench clean
 
 $(STAMP): pyproject.toml
+	@# headless rendering of MuJoCo videos (esrl evaluate --video) uses Mesa's EGL; install it where missing
+	@if ! ldconfig -p 2>/dev/null | grep -q libEGL_mesa; then \
+		if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+			apt-get install -y -q libegl1 libegl-mesa0 libgl1 >/dev/null || echo "note: could not install Mesa EGL"; \
+		else echo "note: MuJoCo videos need Mesa EGL (apt-get install libegl1 libegl-mesa0 libgl1)"; fi; fi
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'

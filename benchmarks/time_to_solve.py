@@ -12,6 +12,7 @@ time-to-threshold (unsolved runs count as infinitely slow; null when the median 
 and, per algorithm, the speedup median(fewest workers) / median(this count). Run:
     .venv/bin/python benchmarks/time_to_solve.py [--algos es,a3c,dqn,dynaq] [--sync hogwild,lock,param-server]
         [--env CartPole-v1] [--target 475] [--seeds 5] [--workers 1 2] [--max-seconds 60] [--sb3] [--quick]
+        [--backend vectorized --device cpu --population 256]  (ES on one device; run under `taskset -c 0`)
 """
 
 from __future__ import annotations
@@ -32,13 +33,18 @@ def emit(**record: object) -> None:
     print(json.dumps(record), flush=True)
 
 
-def solve(algo: str, sync: str | None, env: str, target: float, seed: int, workers: int, max_seconds: float
-          ) -> dict[str, Any]:
+def solve(algo: str, sync: str | None, env: str, target: float, seed: int, workers: int, max_seconds: float,
+          backend: str = "processes", device: str = "auto", population: int = 0) -> dict[str, Any]:
     print(f"run: {algo} sync={sync} env={env} seed={seed} workers={workers}", file=sys.stderr, flush=True)
     cfg = ALGORITHMS[algo]() if sync is None else ALGORITHMS[algo](sync=sync)
+    if algo == "es" and population:
+        cfg.population = population
+    if algo == "es" and backend == "vectorized":
+        import esrl.es.vectorized  # noqa: F401  (imported before the clock starts, as the esrl command does)
     with tempfile.TemporaryDirectory() as tmp:
-        run = RunConfig(env=env, seed=seed, backend="processes", workers=workers, target_return=target,
-                        max_seconds=max_seconds, run_dir=str(Path(tmp) / "run"))
+        run = RunConfig(env=env, seed=seed, backend=backend if algo == "es" else "processes", device=device,
+                        workers=workers, target_return=target, max_seconds=max_seconds,
+                        run_dir=str(Path(tmp) / "run"))
         if algo == "es":
             from esrl.train import train
 
@@ -63,6 +69,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts to compare")
     parser.add_argument("--max-seconds", type=float, default=60.0, help="wall-clock budget per run")
     parser.add_argument("--sb3", action="store_true", help="also time Stable-Baselines3 A2C and DQN (needs [bench])")
+    parser.add_argument("--backend", default="processes", help="ES backend: processes, vectorized, serial, ray")
+    parser.add_argument("--device", default="auto", help="torch device of ES's vectorized backend and RL's device "
+                        "arrangements (--sync ga3c / device)")
+    parser.add_argument("--population", type=int, default=0, help="ES population (0: the default)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 12 s budget per run")
     args = parser.parse_args()
     if args.quick:
@@ -82,7 +92,8 @@ def main() -> None:
 
                 s = time_to_solve(algo[4:], args.env, args.target, seed, args.max_seconds)
             else:
-                s = solve(algo, sync, args.env, args.target, seed, workers, args.max_seconds)
+                s = solve(algo, sync, args.env, args.target, seed, workers, args.max_seconds, args.backend,
+                          args.device, args.population)
             emit(bench="time_to_solve", algo=algo, sync=sync, env=args.env, target=args.target, workers=workers,
                  seed=seed, solved=s["solved"], time_to_threshold_s=s["time_to_threshold_s"],
                  env_steps=s.get("env_steps"), wall_s=s["wall_s"], best_eval_return=s.get("best_eval_return"))

@@ -106,6 +106,12 @@ def test_yaml_config(tmp_path):
         (["--population", "15"], "population"),
         (["--workers", "-1"], "workers"),
         (["--obs-norm-fraction", "2"], "obs_norm_fraction"),
+        (["--policy", "cnn"], "policy"),
+        (["--policy", "rnn"], "policy"),
+        (["--episodic-life"], "episodic_life"),
+        (["--max-episode-steps", "-3"], "max_episode_steps"),
+        (["--vbn-batch", "-1"], "vbn_batch"),
+        (["--cnn-dtype", "float16"], "cnn_dtype"),
     ],
 )
 def test_bad_settings(tmp_path, args, field):

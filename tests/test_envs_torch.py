@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from esrl.envs_np import NUMPY_ENVS, make_numpy_env
 from esrl.envs_torch import TORCH_ENVS, make_torch_env
 from esrl.errors import InputError
 
@@ -12,10 +13,30 @@ from esrl.errors import InputError
 RTOL = {"MountainCarContinuous-v0": 1e-5}
 
 
+class NumpyAsTorch:
+    """The numpy env behind the torch env's (rows, state) tensor interface, for one comparison loop."""
+
+    def __init__(self, env_id):
+        self.env = make_numpy_env(env_id)
+        self.discrete, self.act_dim = self.env.discrete, self.env.act_dim
+
+    def dynamics(self, s, a):
+        nxt, r, term = self.env.dynamics(s.numpy().T.copy(), a.numpy().T.copy() if a.ndim == 2 else a.numpy())
+        return torch.from_numpy(nxt.T.copy()), torch.from_numpy(np.asarray(r)), torch.from_numpy(term)
+
+    def observe(self, s):
+        return torch.from_numpy(self.env.observe(s.numpy().T.copy()).T.copy())
+
+
+def test_every_torch_env_has_a_numpy_twin():
+    assert sorted(NUMPY_ENVS) == sorted(TORCH_ENVS)
+
+
+@pytest.mark.parametrize("impl", ["torch", "numpy"])
 @pytest.mark.parametrize("env_id", sorted(TORCH_ENVS))
-def test_one_step_matches_gymnasium(env_id):
+def test_one_step_matches_gymnasium(env_id, impl):
     genv = gym.make(env_id).unwrapped
-    tenv = make_torch_env(env_id, 1)
+    tenv = make_torch_env(env_id, 1) if impl == "torch" else NumpyAsTorch(env_id)
     rng = np.random.default_rng(0)
     genv.reset(seed=1)
     rtol = RTOL.get(env_id, 1e-12)
@@ -70,3 +91,5 @@ def test_same_seed_same_batch_and_unknown_env():
     assert not torch.equal(a.reset(), make_torch_env("CartPole-v1", 8, seed=6).reset())
     with pytest.raises(InputError, match=r"^env: "):
         make_torch_env("Humanoid-v5", 2)
+    with pytest.raises(InputError, match=r"^env: "):
+        make_numpy_env("Humanoid-v5")

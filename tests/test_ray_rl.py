@@ -230,3 +230,23 @@ def test_a_dead_shard_stops_the_run_with_a_named_error():
     finally:
         pool.close()
         store.close()
+
+
+def test_replay_twin_keeps_frames_as_uint8_on_the_wire():
+    import numpy as np
+
+    from esrl.stores.ray_store import RayReplay
+
+    replay = RayReplay(16, 3, torch.uint8)
+    try:
+        obs = np.array([[0, 7, 255], [1, 2, 3]], np.float32)
+        replay.add(obs, np.array([1, 0]), np.array([0.5, -1.0]), obs[::-1].copy(), np.array([0.0, 1.0]))
+        assert replay.sent["experience"] == 8 + 2 * 3 + 2 * 8 + 2 * 4 + 2 * 3 + 2 * 4  # frames: 1 byte a value
+        o, a, r, o2, d = replay.sample(8, torch.Generator().manual_seed(0))
+        assert o.dtype == torch.float32 and len(replay) == 2
+        for i in range(8):  # every sampled row is one of the two added, whole
+            k = int(a[i] == 0)
+            assert o[i].tolist() == obs[k].tolist() and o2[i].tolist() == obs[1 - k].tolist()
+            assert float(r[i]) == [0.5, -1.0][k] and float(d[i]) == float(k)
+    finally:
+        ray.kill(replay.actor)

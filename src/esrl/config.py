@@ -32,7 +32,8 @@ class RunConfig:
     backend: str = _f("processes", "where the work runs (vectorized: ES only)",
                       ("serial", "processes", "vectorized", "ray"))
     address: str = _f("", "ray: cluster to join ('auto' or host:port); empty starts a local instance on 127.0.0.1")
-    device: str = _f("auto", "torch device of the vectorized backend", ("cpu", "cuda", "auto"))
+    device: str = _f("auto", "torch device of the vectorized backend, and of A3C's and DQN's device arrangements "
+                     "(cuda selects them)", ("cpu", "cuda", "auto"))
     workers: int = _f(0, "worker processes (0 = number of CPU cores)")
     target_return: float | None = _f(None, "evaluation return that counts as solved (default: the env's reward_threshold)")
     max_seconds: float = _f(600.0, "wall-clock budget in seconds (0 = none)")
@@ -44,6 +45,21 @@ class RunConfig:
     verify_every: int = _f(10, "compare worker replicas' parameter hashes every this many iterations")
     stop_on_solve: bool = _f(True, "stop at the first evaluation at or above the target")
     run_dir: str = _f("", "run directory (default: runs/<algo>-<env>-s<seed>)")
+    max_episode_steps: int = _f(0, "cap every training and evaluation episode at this many steps (0 = the env's limit)")
+    episodic_life: bool = _f(False, "Atari: a lost life ends the training episode (evaluation plays whole games)")
+
+    def env_spec(self) -> Any:
+        """The EnvSpec of this run's env: its options, and the episode cap when one is set."""
+        from esrl import envs
+
+        spec = envs.spec_of(self.env, **self.env_options())
+        if self.max_episode_steps and self.max_episode_steps < spec.max_episode_steps:
+            spec = dataclasses.replace(spec, max_episode_steps=self.max_episode_steps)
+        return spec
+
+    def env_options(self) -> dict[str, Any]:
+        """Options of the training env (`envs.make`)."""
+        return {"episodic_life": self.episodic_life}
 
     def budget_spent(self, iterations: int, elapsed_s: float, env_steps: int) -> bool:
         """True once any budget that is set (non-zero) is used up."""
@@ -65,6 +81,7 @@ class RunConfig:
         _check(self.max_seconds >= 0, "max_seconds", f"must be >= 0, got {self.max_seconds}")
         _check(self.max_iterations >= 0, "max_iterations", f"must be >= 0, got {self.max_iterations}")
         _check(self.max_env_steps >= 0, "max_env_steps", f"must be >= 0, got {self.max_env_steps}")
+        _check(self.max_episode_steps >= 0, "max_episode_steps", f"must be >= 0, got {self.max_episode_steps}")
         _check(self.eval_episodes >= 1, "eval_episodes", f"must be >= 1, got {self.eval_episodes}")
         for name in ("eval_every", "checkpoint_every", "verify_every"):
             _check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
@@ -85,6 +102,11 @@ class ESConfig:
     beta2: float = _f(0.999, "Adam beta2")
     l2: float = _f(0.005, "L2 weight decay coefficient")
     hidden: tuple[int, ...] = _f((16,), "hidden layer sizes, comma-separated (empty: linear)")
+    policy: str = _f("auto", "policy network: an MLP, or the paper's CNN for image frames (auto: cnn for images)",
+                     ("auto", "mlp", "cnn"))
+    vbn_batch: int = _f(128, "cnn: frames in the virtual-batch-norm reference batch (0 = no normalization)")
+    cnn_dtype: str = _f("float32", "cnn: number type while acting (bfloat16 is faster on CPUs with AMX)",
+                        ("float32", "bfloat16"))
     obs_norm: bool = _f(True, "normalize observations with running statistics")
     obs_norm_fraction: float = _f(0.05, "fraction of rollouts whose observations update the statistics")
     obs_clip: float = _f(5.0, "clip normalized observations to +-this")
@@ -107,6 +129,10 @@ class ESConfig:
         _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "beta1/beta2", "must be in [0, 1)")
         _check(self.l2 >= 0, "l2", f"must be >= 0, got {self.l2}")
         _check(all(h > 0 for h in self.hidden), "hidden", f"sizes must be positive, got {self.hidden}")
+        _check(self.policy in ("auto", "mlp", "cnn"), "policy", f"unknown {self.policy!r}", "auto, mlp, cnn")
+        _check(self.cnn_dtype in ("float32", "bfloat16"), "cnn_dtype", f"unknown {self.cnn_dtype!r}",
+               "float32, bfloat16")
+        _check(self.vbn_batch >= 0, "vbn_batch", f"must be >= 0, got {self.vbn_batch}")
         _check(0 <= self.obs_norm_fraction <= 1, "obs_norm_fraction", f"must be in [0, 1], got {self.obs_norm_fraction}")
         _check(self.obs_clip > 0, "obs_clip", f"must be > 0, got {self.obs_clip}")
         _check(self.action_noise >= 0, "action_noise", f"must be >= 0, got {self.action_noise}")
@@ -118,7 +144,8 @@ class ESConfig:
 class A3CConfig:
     """A3C (Mnih et al. 2016): asynchronous actor-critic workers updating a global model."""
 
-    sync: str = _f("hogwild", "how workers share the global model", ("hogwild", "lock", "param-server"))
+    sync: str = _f("hogwild", "how workers share the global model (ga3c: the model on --device, CPU actors)",
+                   ("hogwild", "lock", "param-server", "ga3c"))
     shards: int = _f(1, "parameter-server shards (param-server only)")
     optimizer: str = _f("adam", "shared optimizer", ("adam", "rmsprop", "sgd"))
     lr: float = _f(1e-3, "learning rate")
@@ -134,7 +161,7 @@ class A3CConfig:
     report_every: int = _f(100, "global updates per metrics line (one 'iteration')")
 
     def validate(self) -> None:
-        _validate_rl(self)
+        _validate_rl(self, "ga3c")
         _check(0 <= self.gae_lambda <= 1, "gae_lambda", f"must be in [0, 1], got {self.gae_lambda}")
         _check(self.entropy_coef >= 0, "entropy_coef", f"must be >= 0, got {self.entropy_coef}")
         _check(self.value_coef >= 0, "value_coef", f"must be >= 0, got {self.value_coef}")
@@ -144,7 +171,8 @@ class A3CConfig:
 class DQNConfig:
     """Parallel DQN (Gorila, Nair et al. 2015): actor-learner workers updating a global Q-network."""
 
-    sync: str = _f("hogwild", "how workers share the global Q-network", ("hogwild", "lock", "param-server"))
+    sync: str = _f("hogwild", "how workers share the global Q-network (device: learner and replay on --device)",
+                   ("hogwild", "lock", "param-server", "device"))
     shards: int = _f(1, "parameter-server shards (param-server only)")
     replay: str = _f("local", "replay memory per worker or one shared by all", ("local", "global"))
     optimizer: str = _f("adam", "shared optimizer", ("adam", "rmsprop", "sgd"))
@@ -190,7 +218,7 @@ class DynaQConfig(DQNConfig):
 
 
 def _validate_dqn(cfg: Any) -> None:
-    _validate_rl(cfg)
+    _validate_rl(cfg, "" if isinstance(cfg, DynaQConfig) else "device")  # Dyna-Q has no device arrangement
     _check(cfg.replay in ("local", "global"), "replay", f"unknown {cfg.replay!r}", "local, global")
     _check(cfg.batch_size >= 1, "batch_size", f"must be >= 1, got {cfg.batch_size}")
     _check(cfg.buffer_size >= cfg.batch_size, "buffer_size", f"must be >= batch_size, got {cfg.buffer_size}")
@@ -201,9 +229,9 @@ def _validate_dqn(cfg: Any) -> None:
     _check(cfg.eps_decay_steps >= 1, "eps_decay_steps", f"must be >= 1, got {cfg.eps_decay_steps}")
 
 
-def _validate_rl(cfg: Any) -> None:
-    _check(cfg.sync in ("hogwild", "lock", "param-server"), "sync", f"unknown {cfg.sync!r}",
-           "hogwild, lock, param-server")
+def _validate_rl(cfg: Any, device_sync: str = "") -> None:
+    syncs = ("hogwild", "lock", "param-server", *((device_sync,) if device_sync else ()))
+    _check(cfg.sync in syncs, "sync", f"unknown {cfg.sync!r}", ", ".join(syncs))
     _check(cfg.shards >= 1, "shards", f"must be >= 1, got {cfg.shards}")
     _check(cfg.optimizer in ("adam", "rmsprop", "sgd"), "optimizer", f"unknown {cfg.optimizer!r}",
            "adam, rmsprop, sgd")
@@ -365,7 +393,7 @@ def check_combination(algo: str, run: RunConfig, cfg: Any, obs_onehot: bool = Fa
                "serial, processes, ray")
         # shared memory does not span nodes: on Ray the parameters live in parameter-server actors
         _check(run.backend != "ray" or cfg.sync == "param-server", "sync",
-               f"{cfg.sync} shares memory within one machine; the ray backend needs param-server", "param-server")
+               f"{cfg.sync} keeps the model on one machine; the ray backend needs param-server", "param-server")
         _check(not obs_onehot, "env", f"{run.env} has Discrete observations; the RL networks take Box ones",
                "an env with a Box observation space")
     elif run.backend == "vectorized":  # envs without a torch version step in Gymnasium, policies stay batched

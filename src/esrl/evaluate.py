@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -53,9 +54,13 @@ def _rl_policy(algo: str, run: config.RunConfig, cfg: Any, spec: envs.EnvSpec, m
 
 def evaluate(run_dir: str, episodes: int, seed: int | None = None, video: str | None = None) -> dict[str, Any]:
     """Mean, std and all returns of `episodes` noiseless episodes of the latest checkpoint."""
+    if video and Path(video).suffix.lower() not in (".mp4", ".gif"):
+        raise InputError("video", f"unknown format {Path(video).suffix!r}", ".mp4 or .gif")
     algo, run, cfg = config.load_run(run_dir)
     rd = RunDir.open(run_dir)
-    spec = envs.spec_of(run.env)
+    if video and "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
+        os.environ["MUJOCO_GL"] = "egl"  # headless MuJoCo rendering (Mesa's EGL renders on the CPU)
+    spec = run.env_spec()  # the policy as trained (its VBN reference batch)
     manifest = checkpoint.latest(rd.checkpoints)
     if manifest is None:
         raise InputError("run_dir", f"{run_dir} has no checkpoint yet")
@@ -63,7 +68,7 @@ def evaluate(run_dir: str, episodes: int, seed: int | None = None, video: str | 
     seeds = seeding.rng(run.seed if seed is None else seed, "evaluate").integers(0, 2**31 - 1, size=episodes)
     frames: list[Any] = []
     returns, lengths = [], []
-    env = envs.make(run.env, render_mode="rgb_array" if video else None)
+    env = envs.make(run.env, render_mode="rgb_array" if video else None)  # no episodic life: lives do not end episodes here
     try:
         for s in seeds:
             obs, _ = env.reset(seed=int(s))
@@ -72,7 +77,8 @@ def evaluate(run_dir: str, episodes: int, seed: int | None = None, video: str | 
                 if video:
                     frames.append(np.asarray(env.render()))
                 obs, r, term, trunc, _ = env.step(act(obs))
-                total, n, done = total + float(r), n + 1, term or trunc
+                total, n = total + float(r), n + 1
+                done = term or trunc or n >= spec.max_episode_steps
             returns.append(total)
             lengths.append(n)
     finally:
@@ -81,11 +87,13 @@ def evaluate(run_dir: str, episodes: int, seed: int | None = None, video: str | 
                            "mean_return": float(np.mean(returns)), "std_return": float(np.std(returns)),
                            "returns": returns, "lengths": lengths}
     if video:
-        out["video"] = _write_video(Path(video), frames, spec.env_id)
+        # one frame per agent step: an Atari step is 4 emulator frames
+        fps = float(env.metadata.get("render_fps") or 30) / (envs.ATARI_FRAME_SKIP if envs.is_atari(run.env) else 1)
+        out["video"] = _write_video(Path(video), frames, spec.env_id, fps)
     return out
 
 
-def _write_video(path: Path, frames: list[Any], env_id: str) -> str:
+def _write_video(path: Path, frames: list[Any], env_id: str, fps: float = 30.0) -> str:
     import imageio.v2 as imageio
 
     if not frames or frames[0] is None:
@@ -94,7 +102,7 @@ def _write_video(path: Path, frames: list[Any], env_id: str) -> str:
         raise InputError("video", f"unknown format {path.suffix!r}", ".mp4 or .gif")
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() == ".gif":
-        imageio.mimsave(path, frames, duration=1 / 30)
+        imageio.mimsave(path, frames, duration=1 / fps)
     else:
-        imageio.mimsave(path, frames, fps=30, macro_block_size=1)
+        imageio.mimsave(path, frames, fps=fps, macro_block_size=1)
     return str(path)

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import pairwise
+from typing import Any
 
 import numpy as np
 
 from esrl.envs import EnvSpec
+
+Policy = Any  # MLP or policies_cnn.ConvPolicy: shapes, num_params, init, preprocess, split, forward, to_actions
 
 
 @dataclass(frozen=True)
@@ -104,11 +107,15 @@ class MLP:
         return h
 
     def to_actions(self, out: np.ndarray) -> np.ndarray:
-        """Outputs -> env actions: argmax for Discrete; tanh mapped into finite bounds for Box."""
-        if self.spec.discrete:
-            return out.argmax(axis=1)
-        low = np.asarray(self.spec.low, np.float32)
-        high = np.asarray(self.spec.high, np.float32)
-        if np.all(np.isfinite(low)) and np.all(np.isfinite(high)):
-            return low + (np.tanh(out) + 1.0) * 0.5 * (high - low)
-        return np.clip(out, low, high)
+        return to_actions(self.spec, out)
+
+
+def to_actions(spec: EnvSpec, out: np.ndarray) -> np.ndarray:
+    """Outputs -> env actions: argmax for Discrete; tanh mapped into finite bounds for Box."""
+    if spec.discrete:
+        return out.argmax(axis=1)
+    low = np.asarray(spec.low, np.float32)
+    high = np.asarray(spec.high, np.float32)
+    if np.all(np.isfinite(low)) and np.all(np.isfinite(high)):
+        return low + (np.tanh(out) + 1.0) * 0.5 * (high - low)
+    return np.clip(out, low, high)

@@ -71,7 +71,7 @@ def train(run: RunConfig, cfg: ESConfig, overwrite: bool = False, resume: bool =
     run.validate()
     cfg.validate()
     run_dir_path = run.run_dir or default_run_dir(run)
-    spec = envs.spec_of(run.env)
+    spec = run.env_spec()
     target = resolve_target(run, spec)
     setup: es.ESSetup = es.ESSetup(cfg, spec, run.seed)
     check_combination(ALGORITHM, run, cfg)

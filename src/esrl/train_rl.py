@@ -23,6 +23,7 @@ from esrl.errors import InputError
 from esrl.progress import Progress
 from esrl.rl import nets
 from esrl.rl.common import Report, optim_spec
+from esrl.rl.device_pool import device_arrangement, make_arrangement
 from esrl.runs import checkpoint, interrupts
 from esrl.runs.rundir import RunDir
 from esrl.stores import make_store
@@ -41,6 +42,9 @@ def setup_for(algo: str, cfg: Any, spec: envs.EnvSpec, seed: int) -> Any:
     if algo == "dynaq":
         from esrl.rl.dynaq import DynaQSetup
 
+        if spec.image:
+            raise InputError("env", f"Dyna-Q's world model predicts flat observations, not the frames of {spec.env_id}",
+                             "an env with flat Box observations")
         return DynaQSetup(cfg, spec, seed)
     raise InputError("algo", f"unknown algorithm {algo!r}", "es, a3c, dqn, dynaq")
 
@@ -55,9 +59,12 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
     run.validate()
     cfg.validate()
     run_dir_path = run.run_dir or f"runs/{algo}-{run.env}-s{run.seed}"
-    spec = envs.spec_of(run.env)
+    spec = run.env_spec()
     check_combination(algo, run, cfg, spec.obs_onehot)
     workers = run.workers or default_workers()
+    arrangement = device_arrangement(algo, run, cfg)
+    if arrangement is not None:
+        cfg = dataclasses.replace(cfg, sync=arrangement)
     setup = setup_for(algo, cfg, spec, run.seed)
     started_ray = False
     if run.backend == "ray":  # started (or joined) before anything on disk changes: a bad address loses no run
@@ -65,7 +72,7 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
 
         started_ray = ray_pool.init(run.address or None, workers)
     ctx = context()
-    if hasattr(setup, "attach"):  # shared resources of the run: a global replay, a world model
+    if hasattr(setup, "attach") and arrangement is None:  # shared resources of the run: a global replay, a world model
         setup = setup.attach(ctx, workers)
     target = resolve_target(run, spec)
     model = setup.build_model()
@@ -95,9 +102,13 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
                                   "num_params": int(params.numel()), "sync": "serial" if serial else cfg.sync}})
 
     max_restarts = 3 * workers
-    if serial:
-        store: Any = make_store("lock", params, optim_spec(cfg), ctx)
-        pool: Any = SerialPool(setup, store, workers)
+    store: Any
+    pool: Any
+    if arrangement is not None:  # the model on a device, actors on the CPU: one object is pool and store
+        store = pool = make_arrangement(arrangement, setup, params, optim_spec(cfg), workers, ctx, run.device)
+    elif serial:
+        store = make_store("lock", params, optim_spec(cfg), ctx)
+        pool = SerialPool(setup, store, workers)
     elif run.backend == "ray":
         store, pool = ray_pool.make(setup, params, optim_spec(cfg), cfg.shards, workers, max_restarts, started_ray)
     else:

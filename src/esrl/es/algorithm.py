@@ -22,7 +22,7 @@ from esrl.errors import InputError
 from esrl.es import noise, optim, shaping
 from esrl.es.obstat import ObsStat
 from esrl.es.rollout import run_episodes
-from esrl.policies import MLP
+from esrl.policies import MLP, Policy
 
 MAX_BATCH_FLOATS = 1 << 22  # rows x params evaluated at once; bounds memory for big policies
 
@@ -68,7 +68,8 @@ class ESReplica:
     def __init__(self, setup: ESSetup) -> None:
         self.setup = setup
         self.cfg = setup.cfg
-        self.policy = MLP(setup.spec, tuple(self.cfg.hidden), self.cfg.obs_clip)
+        self.policy = make_policy(setup.spec, self.cfg, setup.seed)
+        self.obs_norm = self.cfg.obs_norm and isinstance(self.policy, MLP)  # frames are scaled, not normalized
         self.dim = self.policy.num_params
         self.table_size = self.cfg.noise_table_size or noise.auto_table_size(self.dim)
         if self.table_size < 2 * self.dim:
@@ -85,11 +86,11 @@ class ESReplica:
     # --- evaluation -----------------------------------------------------------------------
     def envs_for(self, n: int) -> list[Any]:
         while len(self._envs) < n:
-            self._envs.append(envs.lean(envs.make(self.setup.spec.env_id)))
+            self._envs.append(envs.lean(envs.make_env(self.setup.spec)))
         return self._envs[:n]
 
     def normalizer(self) -> tuple[np.ndarray, np.ndarray]:
-        if not self.cfg.obs_norm:
+        if not self.obs_norm:
             d = self.setup.spec.obs_dim
             return np.zeros(d, np.float32), np.ones(d, np.float32)
         return self.obstat.normalizer()
@@ -108,7 +109,7 @@ class ESReplica:
             return {"kind": kind, "lo": lo, "returns": ep.returns, "lengths": ep.lengths}
         members = np.arange(lo, hi)
         seeds = episode_seeds(seed, t, n)[lo:hi]
-        record = obs_record_mask(seed, t, n, self.cfg.obs_norm_fraction if self.cfg.obs_norm else 0.0)[lo:hi]
+        record = obs_record_mask(seed, t, n, self.cfg.obs_norm_fraction if self.obs_norm else 0.0)[lo:hi]
         rows = max(1, MAX_BATCH_FLOATS // self.dim)
         returns, lengths, obs = [], [], []
         for s in range(0, len(members), rows):
@@ -195,6 +196,23 @@ class ESReplica:
             h.update(np.ascontiguousarray(a).tobytes())
         h.update(repr((self.opt.step, self.obstat.count, self.step_cap, self.iteration)).encode())
         return h.hexdigest()
+
+
+def make_policy(spec: envs.EnvSpec, cfg: ESConfig, seed: int) -> Policy:
+    """The MLP, or for image frames the CNN with its VBN reference batch rebuilt from the seed."""
+    kind = cfg.policy if cfg.policy != "auto" else ("cnn" if spec.image else "mlp")
+    if kind == "mlp":
+        return MLP(spec, tuple(cfg.hidden), cfg.obs_clip)
+    if not spec.image:
+        raise InputError("policy", f"cnn needs image observations; {spec.env_id} has shape {spec.obs_shape}",
+                         "mlp or auto")
+    import torch
+
+    from esrl.policies_cnn import ConvPolicy, reference_batch
+
+    torch.set_num_threads(1)  # one ES worker per core: torch threads would fight the other workers
+    ref = reference_batch(spec, seed, cfg.vbn_batch) if cfg.vbn_batch else None
+    return ConvPolicy(spec, ref, dtype=cfg.cnn_dtype)
 
 
 # --- coordinator-side pure functions ----------------------------------------------------------

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import gymnasium as gym
 import numpy as np
 
-from esrl.policies import MLP
+from esrl.policies import Policy
 
 
 @dataclass
@@ -24,7 +24,7 @@ class Episodes:
 
 def run_episodes(
     envs: list[gym.Env],
-    policy: MLP,
+    policy: Policy,
     params: np.ndarray,
     reset_seeds: Sequence[int] | np.ndarray,
     step_cap: int,
@@ -98,5 +98,6 @@ def run_episodes(
             ret_a = [ret_a[j] for j in kept]
             len_a = [len_a[j] for j in kept]
             xa, slots_a = xa[keep_j], slots_a[keep_j]
-            layers = policy.split(params[rows])
+            # a policy whose prepared weights are costly (VBN statistics) keeps the survivors' rows
+            layers = policy.subset(layers, kept) if hasattr(policy, "subset") else policy.split(params[rows])
     return Episodes(returns, lengths, obs_sum, obs_sumsq, obs_count)

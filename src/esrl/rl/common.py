@@ -52,7 +52,7 @@ class EnvSlots:
 
     def __init__(self, spec: EnvSpec, n: int, seed: int, role: str, worker: int) -> None:
         self.spec, self.seed, self.role, self.worker = spec, seed, role, worker
-        self.envs = [envs.lean(envs.make(spec.env_id)) for _ in range(n)]
+        self.envs = [envs.lean(envs.make_env(spec)) for _ in range(n)]
         self.episode = 0
         self.ret = [0.0] * n
         self.len = [0] * n
@@ -100,7 +100,7 @@ def evaluate_greedy(spec: EnvSpec, act: Callable[[torch.Tensor], np.ndarray], se
                     ) -> tuple[np.ndarray, np.ndarray]:
     """Returns and lengths of one episode per seed, all envs stepped together, `act` batched."""
     n = len(seeds)
-    env_list = [envs.lean(envs.make(spec.env_id)) for _ in range(n)]
+    env_list = [envs.lean(envs.make_env(spec)) for _ in range(n)]
     obs = np.stack([np.asarray(e.reset(seed=int(s))[0], np.float32).reshape(-1)
                     for e, s in zip(env_list, seeds, strict=True)])
     returns, lengths = np.zeros(n), np.zeros(n, np.int64)

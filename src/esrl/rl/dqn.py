@@ -19,7 +19,7 @@ from esrl.envs import EnvSpec
 from esrl.errors import InputError
 from esrl.rl import nets
 from esrl.rl.common import EnvSlots, NonFiniteError, Report, evaluate_greedy
-from esrl.rl.replay import Replay
+from esrl.rl.replay import Replay, obs_dtype
 
 
 def td_gradient(q: nets.QNet, target: nets.QNet, batch: tuple[torch.Tensor, ...], gamma: float, double: bool,
@@ -56,8 +56,9 @@ class DQNSetup:
     start_steps: int = 0  # env steps each worker had taken before a resume: epsilon continues from there
 
     def attach(self, ctx: Any, workers: int) -> DQNSetup:
-        shared = Replay(self.cfg.buffer_size, self.spec.obs_dim, ctx, shared=True) if self.cfg.replay == "global" \
-            else None
+        shared = None
+        if self.cfg.replay == "global":
+            shared = Replay(self.cfg.buffer_size, self.spec.obs_dim, ctx, shared=True, obs_dtype=obs_dtype(self.spec))
         return dataclasses.replace(self, workers=workers, replay=shared)
 
     def build_model(self) -> nets.QNet:
@@ -114,7 +115,8 @@ class DQNWorker:
         cfg = setup.cfg
         self.setup, self.cfg, self.wid = setup, cfg, index
         self.learner = QLearner(setup, index, client)
-        self.replay = setup.replay if setup.replay is not None else Replay(cfg.buffer_size, setup.spec.obs_dim)
+        self.replay = setup.replay if setup.replay is not None else Replay(
+            cfg.buffer_size, setup.spec.obs_dim, obs_dtype=obs_dtype(setup.spec))
         self.envs = EnvSlots(setup.spec, cfg.envs_per_worker, setup.seed, f"{self.role}_episode", index)
         self.rng = seeding.rng(setup.seed, f"{self.role}_explore", index)
         self.gen = torch.Generator().manual_seed(seeding.derive_int(setup.seed, f"{self.role}_sample", index))

@@ -27,15 +27,48 @@ def mlp(sizes: Sequence[int], out_gain: float = 1.0) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+class NatureCNN(nn.Module):
+    """The Nature DQN torso (Mnih et al. 2015) on stacked uint8 frames given flat: 32x8x8/4, 64x4x4/2, 64x3x3/1, 512."""
+
+    def __init__(self, spec: EnvSpec, features: int = 512) -> None:
+        super().__init__()
+        self.shape, self.channels_last = spec.obs_shape, spec.channels_last
+        c, h, w = spec.chw
+        convs: list[nn.Conv2d | nn.Linear] = [nn.Conv2d(c, 32, 8, 4), nn.Conv2d(32, 64, 4, 2), nn.Conv2d(64, 64, 3, 1)]
+        for k, s in ((8, 4), (4, 2), (3, 1)):
+            h, w = (h - k) // s + 1, (w - k) // s + 1
+        self.fc = nn.Linear(64 * h * w, features)
+        for m in [*convs, self.fc]:
+            assert isinstance(m.weight, torch.Tensor) and isinstance(m.bias, torch.Tensor)
+            nn.init.orthogonal_(m.weight, gain=2**0.5)
+            nn.init.zeros_(m.bias)
+        self.convs = nn.Sequential(convs[0], nn.ReLU(), convs[1], nn.ReLU(), convs[2], nn.ReLU(), nn.Flatten())
+        self.features = features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        frames = x.reshape(-1, *self.shape) * (1.0 / 255.0)
+        if self.channels_last:
+            frames = frames.permute(0, 3, 1, 2)
+        return torch.relu(self.fc(self.convs(frames)))
+
+
 class ActorCritic(nn.Module):
-    """Policy and value heads over a shared trunk, or two separate MLPs (`shared=False`)."""
+    """Policy and value heads over a shared trunk, or two separate MLPs (`shared=False`).
+
+    Image frames (Atari) always share a Nature CNN trunk, with linear heads.
+    """
 
     def __init__(self, spec: EnvSpec, hidden: Sequence[int], shared: bool = True) -> None:
         super().__init__()
         self.spec, self.shared = spec, shared
         out = spec.act_dim
-        if shared and hidden:
-            self.trunk: nn.Module = nn.Sequential(mlp([spec.obs_dim, *hidden]), nn.Tanh())
+        if spec.image:
+            cnn = NatureCNN(spec)
+            self.trunk: nn.Module = cnn
+            self.pi = mlp([cnn.features, out], out_gain=0.01)
+            self.v = mlp([cnn.features, 1], out_gain=1.0)
+        elif shared and hidden:
+            self.trunk = nn.Sequential(mlp([spec.obs_dim, *hidden]), nn.Tanh())
             self.pi = mlp([hidden[-1], out], out_gain=0.01)
             self.v = mlp([hidden[-1], 1], out_gain=1.0)
         else:
@@ -55,7 +88,11 @@ class QNet(nn.Module):
 
     def __init__(self, spec: EnvSpec, hidden: Sequence[int]) -> None:
         super().__init__()
-        self.net = mlp([spec.obs_dim, *hidden, spec.act_dim], out_gain=1.0)
+        if spec.image:  # the Nature DQN: CNN torso, 512 features, one linear layer of Q-values
+            cnn = NatureCNN(spec)
+            self.net: nn.Module = nn.Sequential(cnn, mlp([cnn.features, spec.act_dim], out_gain=1.0))
+        else:
+            self.net = mlp([spec.obs_dim, *hidden, spec.act_dim], out_gain=1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

@@ -10,6 +10,11 @@ import torch
 from esrl.shm import Counter, ProcessLock
 
 
+def obs_dtype(spec: Any) -> torch.dtype:
+    """uint8 for image frames (a quarter of float32's memory), float32 otherwise."""
+    return torch.uint8 if spec.image else torch.float32
+
+
 class Replay:
     """Ring buffer of (obs, action, reward, next_obs, done) as torch tensors.
 
@@ -17,10 +22,12 @@ class Replay:
     all workers of a run add to and sample from one memory (the `global` replay).
     """
 
-    def __init__(self, capacity: int, obs_dim: int, ctx: Any = None, shared: bool = False) -> None:
+    def __init__(self, capacity: int, obs_dim: int, ctx: Any = None, shared: bool = False,
+                 obs_dtype: torch.dtype = torch.float32) -> None:
+        """`obs_dtype` uint8 stores image frames at a quarter of the memory; samples come back as float32."""
         self.capacity = capacity
-        self.obs = torch.zeros(capacity, obs_dim)
-        self.next_obs = torch.zeros(capacity, obs_dim)
+        self.obs = torch.zeros(capacity, obs_dim, dtype=obs_dtype)
+        self.next_obs = torch.zeros(capacity, obs_dim, dtype=obs_dtype)
         self.action = torch.zeros(capacity, dtype=torch.long)
         self.reward = torch.zeros(capacity)
         self.done = torch.zeros(capacity)
@@ -59,6 +66,10 @@ class Replay:
     def sample(self, n: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
         idx = torch.randint(0, len(self), (n,), generator=gen)
         if self._lock is None:
-            return self.obs[idx], self.action[idx], self.reward[idx], self.next_obs[idx], self.done[idx]
+            return self._rows(idx)
         with self._lock:  # a shared replay: never a row half overwritten by another worker's add
-            return self.obs[idx], self.action[idx], self.reward[idx], self.next_obs[idx], self.done[idx]
+            return self._rows(idx)
+
+    def _rows(self, idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return (self.obs[idx].float(), self.action[idx], self.reward[idx], self.next_obs[idx].float(),
+                self.done[idx])

@@ -131,45 +131,48 @@ class RayStore(ServerStore):
 
 # --- twins of the shared-memory resources ---------------------------------------------------
 
-_COLS = (("obs", np.float32), ("action", np.int64), ("reward", np.float32), ("next_obs", np.float32),
-         ("done", np.float32))
+_COLS = (("obs", None), ("action", np.int64), ("reward", np.float32), ("next_obs", None), ("done", np.float32))
 
 
-def _pack(n: int, obs_dim: int, cols: tuple[Any, ...]) -> bytes:
-    return _Q.pack(n) + b"".join(np.ascontiguousarray(np.asarray(c), dtype=dt).tobytes()
+def _pack(n: int, obs_dtype: Any, cols: tuple[Any, ...]) -> bytes:
+    """n transitions as raw bytes; observations in the replay's own dtype (uint8 frames stay uint8)."""
+    return _Q.pack(n) + b"".join(np.ascontiguousarray(np.asarray(c), dtype=dt or obs_dtype).tobytes()
                                  for c, (_, dt) in zip(cols, _COLS, strict=True))
 
 
-def _unpack(data: bytes, obs_dim: int) -> tuple[np.ndarray, ...]:
+def _unpack(data: bytes, obs_dim: int, obs_dtype: Any) -> tuple[np.ndarray, ...]:
     (n,) = _Q.unpack_from(data, 0)
     out, offset = [], 8
-    for name, dt in _COLS:
-        count = n * obs_dim if name in ("obs", "next_obs") else n
-        a = np.frombuffer(data, dt, count, offset)
+    for _name, dt in _COLS:
+        a = np.frombuffer(data, dt or obs_dtype, n * obs_dim if dt is None else n, offset)
         offset += a.nbytes
-        out.append(a.reshape(n, obs_dim) if name in ("obs", "next_obs") else a)
+        out.append(a.reshape(n, obs_dim) if dt is None else a)
     return tuple(out)
+
+
+def _np_dtype(torch_dtype: torch.dtype) -> Any:
+    return np.uint8 if torch_dtype == torch.uint8 else np.float32
 
 
 class ReplayActor:
     """The global replay memory of a run, in one actor."""
 
-    def __init__(self, capacity: int, obs_dim: int) -> None:
+    def __init__(self, capacity: int, obs_dim: int, obs_dtype: torch.dtype = torch.float32) -> None:
         from esrl.rl.replay import Replay
 
         torch.set_num_threads(1)
-        self.obs_dim = obs_dim
-        self.replay = Replay(capacity, obs_dim)
+        self.obs_dim, self.obs_np = obs_dim, _np_dtype(obs_dtype)
+        self.replay = Replay(capacity, obs_dim, obs_dtype=obs_dtype)
 
     def add(self, data: bytes) -> None:
-        self.replay.add(*_unpack(data, self.obs_dim))
+        self.replay.add(*_unpack(data, self.obs_dim, self.obs_np))
 
     def added(self) -> int:
         return self.replay.added
 
     def sample(self, n: int, seed: int) -> bytes:
         batch = self.replay.sample(n, torch.Generator().manual_seed(seed))
-        return _Q.pack(self.replay.added) + _pack(n, self.obs_dim, tuple(t.numpy() for t in batch))
+        return _Q.pack(self.replay.added) + _pack(n, self.obs_np, tuple(t.numpy() for t in batch))
 
 
 class RayReplay:
@@ -181,10 +184,10 @@ class RayReplay:
     sampled rows follow the run seed.
     """
 
-    def __init__(self, capacity: int, obs_dim: int, actor: Any = None) -> None:
-        self.capacity, self.obs_dim = capacity, obs_dim
+    def __init__(self, capacity: int, obs_dim: int, obs_dtype: torch.dtype = torch.float32, actor: Any = None) -> None:
+        self.capacity, self.obs_dim, self.obs_dtype = capacity, obs_dim, obs_dtype
         self.actor = actor if actor is not None else _ray().remote(num_cpus=0, max_restarts=0)(ReplayActor).remote(
-            capacity, obs_dim)
+            capacity, obs_dim, obs_dtype)
         self._reset()
 
     def _reset(self) -> None:
@@ -194,7 +197,7 @@ class RayReplay:
         self._known, self._at, self._last = 0, 0.0, None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"capacity": self.capacity, "obs_dim": self.obs_dim, "actor": self.actor}
+        return {"capacity": self.capacity, "obs_dim": self.obs_dim, "obs_dtype": self.obs_dtype, "actor": self.actor}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -214,7 +217,7 @@ class RayReplay:
 
     def add(self, obs: np.ndarray, action: np.ndarray, reward: np.ndarray, next_obs: np.ndarray,
             done: np.ndarray) -> None:
-        msg = _pack(len(obs), self.obs_dim, (obs, action, reward, next_obs, done))
+        msg = _pack(len(obs), _np_dtype(self.obs_dtype), (obs, action, reward, next_obs, done))
         self._last = self.actor.add.remote(msg)
         self._known += len(obs)
         self.sent["experience"] += len(msg)
@@ -226,8 +229,9 @@ class RayReplay:
         self.received["experience"] += len(data)
         (added,) = _Q.unpack_from(data, 0)
         self._known, self._at = max(self._known, added), time.monotonic()
-        obs, action, reward, next_obs, done = (torch.from_numpy(a.copy()) for a in _unpack(data[8:], self.obs_dim))
-        return obs, action, reward, next_obs, done
+        cols = _unpack(data[8:], self.obs_dim, _np_dtype(self.obs_dtype))
+        obs, action, reward, next_obs, done = (torch.from_numpy(a.copy()) for a in cols)
+        return obs.float(), action, reward, next_obs.float(), done  # as Replay.sample: observations as float32
 
     def flush(self) -> None:
         if self._last is not None:
@@ -293,7 +297,7 @@ def to_ray(setup: Any) -> tuple[Any, list[Any]]:
     for f in dataclasses.fields(setup):
         value = getattr(setup, f.name)
         if isinstance(value, Replay):
-            swaps[f.name] = RayReplay(value.capacity, value.obs.shape[1])
+            swaps[f.name] = RayReplay(value.capacity, value.obs.shape[1], value.obs.dtype)
         elif isinstance(value, SharedStore):
             swaps[f.name] = RayStore(value.params, value.spec)
         elif isinstance(value, Counter):
