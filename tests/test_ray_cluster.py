@@ -1,4 +1,4 @@
-"""ES on a Ray cluster of several nodes on this machine: the run spans nodes and survives losing one."""
+"""ES and DQN on a Ray cluster of several nodes on this machine: runs span nodes; ES survives losing one."""
 
 import numpy as np
 import pytest
@@ -55,3 +55,35 @@ def test_run_spans_both_nodes_and_survives_losing_one(cluster):
         res = es.gather([twin.run(task) for task in es.tasks(t, 16, 2, 1)], 16, 2)
         twin.apply(es.make_update(cfg, t, res, 500)[0])
     assert np.array_equal(master.theta, twin.theta)
+
+
+def test_dqn_workers_span_both_nodes_around_one_replay_and_parameter_server(cluster):
+    import multiprocessing as mp
+    import time
+
+    from esrl.backends import ray_pool
+    from esrl.config import DQNConfig
+    from esrl.rl import nets
+    from esrl.rl.common import optim_spec
+    from esrl.rl.dqn import DQNSetup
+
+    c, _nodes = cluster
+    c.add_node(num_cpus=2)  # the ES test may have removed one of the two
+    c.wait_for_nodes()
+    cfg = DQNConfig(hidden=(16,), learning_starts=64, batch_size=32, target_update=20, sync="param-server",
+                    replay="global")
+    setup = DQNSetup(cfg, envs.spec_of("CartPole-v1"), 0).attach(mp.get_context("fork"), 2)
+    store, pool = ray_pool.make(setup, nets.get_flat(setup.build_model()), optim_spec(cfg), 2, 2, 0, False)
+    try:
+        pool.start()
+        counted, end = 0, time.monotonic() + 60
+        while counted < 50 and time.monotonic() < end:
+            counted += sum(r.updates for r in pool.poll(0.05))
+        assert counted >= 50  # learning from the one replay actor, through two shards
+        assert len(set(pool.nodes().values())) == 2  # the worker actors really sit on two nodes
+        assert pool.traffic.sent["experience"] > 0 and pool.traffic.received["experience"] > 0
+        counted += sum(r.updates for r in pool.close())
+        assert store.snapshot()[2] >= counted
+    finally:
+        pool.close()
+        store.close()

@@ -29,7 +29,7 @@ class RunConfig:
 
     env: str = _f("CartPole-v1", "Gymnasium environment id")
     seed: int = _f(0, "run seed; every random stream derives from it")
-    backend: str = _f("processes", "where the work runs (vectorized and ray: ES only so far)",
+    backend: str = _f("processes", "where the work runs (vectorized: ES only)",
                       ("serial", "processes", "vectorized", "ray"))
     address: str = _f("", "ray: cluster to join ('auto' or host:port); empty starts a local instance on 127.0.0.1")
     device: str = _f("auto", "torch device of the vectorized backend, and of A3C's and DQN's device arrangements "
@@ -389,8 +389,11 @@ def load_run(run_dir: str | Path) -> tuple[str, RunConfig, Any]:
 def check_combination(algo: str, run: RunConfig, cfg: Any, obs_onehot: bool = False) -> None:
     """Refuse algorithm x backend x env combinations that cannot run, before anything starts."""
     if algo != "es":
-        _check(run.backend in ("serial", "processes"), "backend", f"{algo} has no {run.backend} backend yet",
-               "serial, processes")
+        _check(run.backend in ("serial", "processes", "ray"), "backend", f"{algo} has no {run.backend} backend yet",
+               "serial, processes, ray")
+        # shared memory does not span nodes: on Ray the parameters live in parameter-server actors
+        _check(run.backend != "ray" or cfg.sync == "param-server", "sync",
+               f"{cfg.sync} keeps the model on one machine; the ray backend needs param-server", "param-server")
         _check(not obs_onehot, "env", f"{run.env} has Discrete observations; the RL networks take Box ones",
                "an env with a Box observation space")
     elif run.backend == "vectorized":  # envs without a torch version step in Gymnasium, policies stay batched

@@ -66,6 +66,11 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
     if arrangement is not None:
         cfg = dataclasses.replace(cfg, sync=arrangement)
     setup = setup_for(algo, cfg, spec, run.seed)
+    started_ray = False
+    if run.backend == "ray":  # started (or joined) before anything on disk changes: a bad address loses no run
+        from esrl.backends import ray_pool
+
+        started_ray = ray_pool.init(run.address or None, workers)
     ctx = context()
     if hasattr(setup, "attach") and arrangement is None:  # shared resources of the run: a global replay, a world model
         setup = setup.attach(ctx, workers)
@@ -104,6 +109,8 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
     elif serial:
         store = make_store("lock", params, optim_spec(cfg), ctx)
         pool = SerialPool(setup, store, workers)
+    elif run.backend == "ray":
+        store, pool = ray_pool.make(setup, params, optim_spec(cfg), cfg.shards, workers, max_restarts, started_ray)
     else:
         slots = ProcessPool.slots_needed(workers, max_restarts)
         store = make_store(cfg.sync, params, optim_spec(cfg), ctx, slots=slots, shards=cfg.shards)

@@ -29,6 +29,49 @@ def _floats(data: bytes | bytearray | memoryview, offset: int) -> torch.Tensor:
     return torch.from_numpy(np.frombuffer(data, dtype=np.float32, offset=offset).copy())
 
 
+class Shard:
+    """One slice's parameters, optimizer state and version; answers the framed messages.
+
+    The same object serves the server processes here and the Ray shard actors
+    (`stores/ray_store.py`), so both transports apply, version and count alike. `key`
+    names the asking client: each client learns the staleness of its own pushes.
+    """
+
+    def __init__(self, params: torch.Tensor, spec: OptimSpec) -> None:
+        self.params, self.spec = params, spec
+        self.state = spec.init_state(params.numel())
+        self.version = 0
+        self.pending: dict[Any, list[int]] = defaultdict(list)
+
+    def handle(self, key: Any, data: bytes | bytearray | memoryview) -> bytes | None:
+        """Apply or answer one message; the reply to send back, if the message asks for one."""
+        kind = bytes(data[:1])
+        if kind == b"g":  # gradient: version it was computed at, then the slice
+            (v,) = _Q.unpack_from(data, 1)
+            self.pending[key].append(self.version - v)
+            self.version += 1
+            optim.apply(self.spec, self.params, _floats(data, 9), self.state, self.version)
+            return None
+        if kind == b"p":  # pull: version, staleness of this client's pushes since, parameters
+            st = np.asarray(self.pending.pop(key, []), np.int64)
+            return _QQ.pack(self.version, st.size) + st.tobytes() + self.params.numpy().tobytes()
+        if kind == b"s":  # snapshot for the coordinator
+            parts = (self.params, self.state["m"], self.state["v"])
+            return _Q.pack(self.version) + b"".join(t.numpy().tobytes() for t in parts)
+        if kind == b"l":  # load a snapshot
+            (self.version,) = _Q.unpack_from(data, 1)
+            n = self.params.numel()
+            flat = _floats(data, 9)
+            self.params.copy_(flat[:n])
+            self.state["m"].copy_(flat[n : 2 * n])
+            self.state["v"].copy_(flat[2 * n :])
+            return b"k"
+        raise ValueError(f"unknown message kind {kind!r}")
+
+    def forget(self, key: Any) -> None:
+        self.pending.pop(key, None)
+
+
 def _server_main(params: torch.Tensor, spec: OptimSpec, conns: list[Connection], control: Connection,
                  foreign: list[Connection]) -> None:
     import signal
@@ -41,9 +84,7 @@ def _server_main(params: torch.Tensor, spec: OptimSpec, conns: list[Connection],
     torch.set_num_threads(1)
     for c in foreign:  # pipe ends this server must not hold, or it would never see a dead worker's EOF
         c.close()
-    state = spec.init_state(params.numel())
-    version = 0
-    pending: dict[Connection, list[int]] = defaultdict(list)
+    shard = Shard(params, spec)
     alive = [*conns, control]
 
     def reply(c: Connection, data: bytes) -> None:
@@ -52,7 +93,7 @@ def _server_main(params: torch.Tensor, spec: OptimSpec, conns: list[Connection],
         except OSError:  # the asker died before reading: drop its pipe, serve the others
             if c in alive:
                 alive.remove(c)
-            pending.pop(c, None)
+            shard.forget(c)
 
     while alive:
         for ready in wait(alive):
@@ -62,27 +103,17 @@ def _server_main(params: torch.Tensor, spec: OptimSpec, conns: list[Connection],
             except (EOFError, OSError):
                 alive.remove(c)
                 continue
-            kind = data[:1]
-            if kind == b"g":  # gradient: version it was computed at, then the slice
-                (v,) = _Q.unpack_from(data, 1)
-                pending[c].append(version - v)
-                version += 1
-                optim.apply(spec, params, _floats(data, 9), state, version)
-            elif kind == b"p":  # pull: version, staleness of this client's pushes since, parameters
-                st = np.asarray(pending.pop(c, []), np.int64)
-                reply(c, _QQ.pack(version, st.size) + st.tobytes() + params.numpy().tobytes())
-            elif kind == b"s":  # snapshot for the coordinator
-                reply(c, _Q.pack(version) + b"".join(t.numpy().tobytes() for t in (params, state["m"], state["v"])))
-            elif kind == b"l":  # load a snapshot
-                (version,) = _Q.unpack_from(data, 1)
-                n = params.numel()
-                flat = _floats(data, 9)
-                params.copy_(flat[:n])
-                state["m"].copy_(flat[n : 2 * n])
-                state["v"].copy_(flat[2 * n :])
-                reply(c, b"k")
-            elif kind == b"x":
+            if data[:1] == b"x":
                 return
+            answer = shard.handle(c, data)
+            if answer is not None:
+                reply(c, answer)
+
+
+def shard_slices(n: int, shards: int) -> list[tuple[int, int]]:
+    """Contiguous, nearly equal slices of an n-vector, one per shard (at most n shards)."""
+    bounds = np.linspace(0, n, max(1, min(shards, n)) + 1).astype(int)
+    return [(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
 
 
 class ServerStore:
@@ -91,9 +122,7 @@ class ServerStore:
     def __init__(self, params: torch.Tensor, spec: OptimSpec, ctx: Any, slots: int, shards: int = 1) -> None:
         flat = params.detach().float().clone()
         self.n = flat.numel()
-        shards = max(1, min(shards, self.n))
-        bounds = np.linspace(0, self.n, shards + 1).astype(int)
-        self.slices = [(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
+        self.slices = shard_slices(self.n, shards)
         self._worker_ends: list[list[Connection]] = [[] for _ in range(slots)]
         server_ends: list[list[Connection]] = []
         pairs = []

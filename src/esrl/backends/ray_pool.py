@@ -1,0 +1,223 @@
+"""The Ray worker pool for the asynchronous algorithms (A3C, DQN, Dyna-Q): one actor per worker.
+
+Same protocol as the processes pool (`backends/pool.py`): an actor builds its worker with
+`setup.build_worker(index, client)` and steps it; each `work()` call steps it for REPORT_S
+seconds and returns one report (updates, env steps, returns, losses, the bytes its store
+client and the run's Ray twins counted, staleness). The pool keeps two calls queued on every
+actor so that it never idles waiting for the next. Before a report leaves, the actor waits
+until its pushes are applied, so the updates counted never run ahead of the store's version.
+
+A dead actor (`RayActorError`: killed, its node lost) is logged as `worker_died` and replaced
+by a new actor on a fresh store slot; `worker_joined` is logged when the replacement's first
+report arrives. Workers are spread over the cluster's nodes (`SPREAD`).
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from typing import Any
+
+from esrl.backends.base import Traffic
+from esrl.backends.pool import REPORT_S, WorkerFailure, _absorb, _clients
+
+IN_FLIGHT = 2  # work() calls queued per actor
+
+
+class WorkerActor:
+    """One RL worker in a Ray actor; see the module docstring."""
+
+    def __init__(self, setup: Any, wid: int, client: Any) -> None:
+        import torch
+
+        torch.set_num_threads(1)
+        self.setup, self.wid, self.client = setup, wid, client
+        self.worker: Any = None
+        self.counted: list[Any] = []
+
+    def node(self) -> str:
+        import ray
+
+        return str(ray.get_runtime_context().get_node_id())
+
+    def work(self, seconds: float) -> tuple[Any, ...]:
+        """Step the worker for `seconds`; ("report", report, traffic, staleness) or (kind, message)."""
+        from esrl.stores.ray_store import twins_of
+
+        try:
+            if self.worker is None:  # built here, not in __init__: a failure is reported, not a dead actor
+                self.worker = self.setup.build_worker(self.wid, self.client)
+                self.counted = [*_clients(self.worker, self.client), *twins_of(self.setup)]
+            acc, compute = None, 0.0
+            end = time.perf_counter() + seconds
+            while True:
+                t0 = time.perf_counter()
+                rep = self.worker.step()
+                compute += time.perf_counter() - t0
+                if acc is None:
+                    acc = rep
+                else:
+                    acc.merge(rep)
+                if time.perf_counter() >= end:
+                    break
+            traffic = Traffic(compute_s=compute)
+            for c in self.counted:
+                if hasattr(c, "flush"):
+                    c.flush()
+                _absorb(traffic, c)
+            staleness = self.counted[0].staleness
+            for c in self.counted:
+                c.staleness = []
+            return "report", acc, traffic, staleness
+        except Exception as exc:
+            import ray
+
+            if isinstance(exc, ray.exceptions.RayActorError):  # a shard, the replay or the model holder
+                return "error", f"worker {self.wid}: an actor of the run's stores died ({type(exc).__name__})"
+            if type(exc).__name__ == "NonFiniteError":
+                return "nonfinite", f"worker {self.wid}, update {getattr(self.worker, 'updates', 0)}: {exc}"
+            return "error", traceback.format_exc()
+
+
+class RayPool:
+    """N worker actors driving a parameter store; see the module docstring."""
+
+    def __init__(self, setup: Any, store: Any, workers: int, max_restarts: int) -> None:
+        import ray
+
+        self.ray, self.setup, self.store, self.n = ray, setup, store, workers
+        self.max_restarts = max_restarts
+        self.traffic = Traffic()
+        self.events: list[dict[str, Any]] = []
+        self.staleness: list[int] = []
+        self._cls = ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0)(WorkerActor)
+        self._actors: dict[int, tuple[Any, int]] = {}  # worker index -> (actor, store slot)
+        self._pending: dict[Any, tuple[int, Any]] = {}  # work() ref -> (worker index, actor)
+        self._joining: set[Any] = set()  # replacement actors that have not reported yet
+        self._next_slot = 0
+        self._closing = False
+
+    @property
+    def live_workers(self) -> int:
+        return len(self._actors)
+
+    def nodes(self) -> dict[int, str]:
+        """Node id of each live worker's actor."""
+        wids = list(self._actors)
+        return dict(zip(wids, self.ray.get([self._actors[w][0].node.remote() for w in wids]), strict=True))
+
+    def start(self) -> None:
+        for index in range(self.n):
+            self._spawn(index)
+
+    def _spawn(self, index: int) -> int:
+        slot = self._next_slot
+        self._next_slot += 1
+        actor = self._cls.options(scheduling_strategy="SPREAD").remote(self.setup, index, self.store.client(slot))
+        self._actors[index] = (actor, slot)
+        for _ in range(IN_FLIGHT):
+            self._submit(index)
+        return slot
+
+    def _submit(self, wid: int) -> None:
+        actor = self._actors[wid][0]
+        self._pending[actor.work.remote(REPORT_S)] = (wid, actor)
+
+    def poll(self, timeout: float) -> list[Any]:
+        """Reports that arrived within `timeout` seconds; handles deaths and worker errors."""
+        if not self._pending:
+            time.sleep(timeout)
+            return []
+        refs = list(self._pending)
+        ready, rest = self.ray.wait(refs, num_returns=1, timeout=timeout)
+        if ready and rest:
+            ready += self.ray.wait(rest, num_returns=len(rest), timeout=0)[0]
+        reports = []
+        for ref in ready:
+            entry = self._pending.pop(ref, None)
+            if entry is None:
+                continue  # dropped with its actor, which died earlier in this batch
+            wid, actor = entry
+            try:
+                msg = self.ray.get(ref)
+            except self.ray.exceptions.RayActorError as exc:
+                self._died(wid, type(exc).__name__)
+                continue
+            if msg[0] != "report":
+                raise WorkerFailure(msg[1], nonfinite=(msg[0] == "nonfinite"))
+            reports.extend(self._take(*msg[1:]))
+            if actor in self._joining:
+                self._joining.discard(actor)
+                self.events.append({"event": "worker_joined", "worker": wid, "slot": self._actors[wid][1]})
+            if not self._closing:
+                self._submit(wid)
+        return reports
+
+    def _take(self, rep: Any, traffic: Traffic, staleness: list[int]) -> list[Any]:
+        self.staleness.extend(staleness)
+        for k, v in traffic.sent.items():
+            self.traffic.sent[k] += v
+        for k, v in traffic.received.items():
+            self.traffic.received[k] += v
+        self.traffic.compute_s += traffic.compute_s
+        self.traffic.messages += 1
+        return [] if rep is None else [rep]
+
+    def _died(self, wid: int, why: str) -> None:
+        actor, slot = self._actors.pop(wid)
+        self._joining.discard(actor)
+        for ref in [r for r, (_, a) in self._pending.items() if a is actor]:
+            del self._pending[ref]
+        try:
+            self.ray.kill(actor)
+        except Exception:  # already gone
+            pass
+        event: dict[str, Any] = {"event": "worker_died", "worker": wid, "slot": slot, "why": why}
+        if not self._closing and self._next_slot - self.n < self.max_restarts:
+            event["replacement_slot"] = self._spawn(wid)
+            self._joining.add(self._actors[wid][0])
+        self.events.append(event)
+        if not self._actors and not self._closing:
+            raise WorkerFailure("all workers died and the restart limit is spent")
+
+    def close(self) -> list[Any]:
+        """Stop the workers; returns the reports of the calls still in flight."""
+        self._closing = True
+        reports: list[Any] = []
+        deadline = time.monotonic() + 10
+        while self._pending and time.monotonic() < deadline:
+            try:
+                reports.extend(self.poll(max(0.0, deadline - time.monotonic())))
+            except WorkerFailure:
+                break
+        for actor, _slot in self._actors.values():
+            try:
+                self.ray.kill(actor)
+            except Exception:
+                pass
+        self._actors.clear()
+        self._pending.clear()
+        return reports
+
+
+def init(address: str | None, workers: int) -> bool:
+    """Start a local Ray on 127.0.0.1 (or join `address`); True when this call started it."""
+    import os
+
+    from esrl.backends.ray_backend import init as ray_init
+
+    return ray_init(address, num_cpus=None if address else max(workers, os.cpu_count() or 1))
+
+
+def make(setup: Any, params: Any, spec: Any, shards: int, workers: int, max_restarts: int,
+         started_ray: bool) -> tuple[Any, RayPool]:
+    """The run's parameter-server actors (its twins included) and its worker pool.
+
+    The store is the last thing a training loop closes, so it ends the twins' actors and,
+    when this run started Ray, Ray itself.
+    """
+    from esrl.stores.ray_store import RayStore, to_ray
+
+    setup, owned = to_ray(setup)
+    store = RayStore(params, spec, shards=shards, owned=owned, shutdown=started_ray)
+    return store, RayPool(setup, store, workers, max_restarts)
