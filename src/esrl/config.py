@@ -386,8 +386,17 @@ def load_run(run_dir: str | Path) -> tuple[str, RunConfig, Any]:
     return algo, build(RunConfig, data["run"]), build(ALGORITHMS[algo], data[algo])
 
 
-def check_combination(algo: str, run: RunConfig, cfg: Any, obs_onehot: bool = False) -> None:
-    """Refuse algorithm x backend x env combinations that cannot run, before anything starts."""
+def check_combination(algo: str, run: RunConfig, cfg: Any, obs_onehot: bool = False, spec: Any = None) -> None:
+    """Refuse algorithm x backend x env combinations that cannot run, before anything starts (`spec`: the EnvSpec)."""
+    if spec is not None:
+        from esrl import envs
+
+        _check(not (algo == "dynaq" and spec.image), "env",
+               f"Dyna-Q's world model predicts flat observations, not the frames of {run.env}",
+               "an env with flat Box observations")
+        _check(not (algo == "es" and run.backend == "vectorized" and envs.is_atari(run.env)), "backend",
+               f"the vectorized backend does not run Atari envs ({run.env}): ale-py's own vector env preprocesses "
+               "differently", "processes, serial, ray")
     if algo != "es":
         _check(run.backend in ("serial", "processes", "ray"), "backend", f"{algo} has no {run.backend} backend yet",
                "serial, processes, ray")

@@ -75,7 +75,7 @@ def train(run: RunConfig, cfg: ESConfig, overwrite: bool = False, resume: bool =
     spec = run.env_spec()
     target = resolve_target(run, spec)
     setup: es.ESSetup = es.ESSetup(cfg, spec, run.seed)
-    check_combination(ALGORITHM, run, cfg)
+    check_combination(ALGORITHM, run, cfg, spec=spec)
     if run.episodic_life:  # a lost life continues the game in the next episode: episodes would depend on order
         raise InputError("episodic_life", "ES episodes are whole games (each a function of its seed alone)",
                          "--no-episodic-life")

@@ -42,7 +42,7 @@ def setup_for(algo: str, cfg: Any, spec: envs.EnvSpec, seed: int) -> Any:
     if algo == "dynaq":
         from esrl.rl.dynaq import DynaQSetup
 
-        if spec.image:
+        if spec.image:  # also refused up front by check_combination
             raise InputError("env", f"Dyna-Q's world model predicts flat observations, not the frames of {spec.env_id}",
                              "an env with flat Box observations")
         return DynaQSetup(cfg, spec, seed)
@@ -60,7 +60,7 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
     cfg.validate()
     run_dir_path = run.run_dir or f"runs/{algo}-{run.env}-s{run.seed}"
     spec = run.env_spec()
-    check_combination(algo, run, cfg, spec.obs_onehot)
+    check_combination(algo, run, cfg, spec.obs_onehot, spec)
     workers = run.workers or default_workers()
     arrangement = device_arrangement(algo, run, cfg)
     if arrangement is not None:

@@ -65,7 +65,7 @@ class SweepSpec:
         for a in self.algos:
             cfg = config.build(config.ALGORITHMS[a], self.settings.get(a, {}))
             cfg.validate()
-            config.check_combination(a, self.run_config(1, 0, Path(".")), cfg, spec.obs_onehot)
+            config.check_combination(a, self.run_config(1, 0, Path(".")), cfg, spec.obs_onehot, spec)
 
     def run_config(self, workers: int, seed: int, run_dir: Path) -> config.RunConfig:
         try:
