@@ -106,8 +106,11 @@ def test_dynaq_plans_at_the_configured_ratio(tmp_path, workers):
     real = sum(m["counts"].get("real_transitions", 0) for m in lines)
     sim = sum(m["counts"].get("simulated_transitions", 0) for m in lines)
     assert real > 0 and sim > 0
-    # planning is throttled to planning_ratio x real transitions (one batch of slack in all)
-    assert sim <= 2.0 * real + 32
+    # planning is throttled to planning_ratio x real transitions (one batch of slack in all). The metrics
+    # lines miss the reports that arrive at shutdown, so the real side is the run's total (the summary's
+    # env steps, final reports included): a bound the planners' reservations guarantee at every moment.
+    assert real <= s["env_steps"]
+    assert sim <= 2.0 * s["env_steps"] + 32
     assert any("model" in m["losses"] for m in lines) and s["updates"] > 0
 
 
