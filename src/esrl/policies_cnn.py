@@ -54,18 +54,17 @@ def reference_batch(spec: EnvSpec, seed: int, size: int) -> np.ndarray:
 
 @dataclass
 class Prepared:
-    """Per-member weights as torch tensors, and each hidden layer's affine map (scale, shift) per member."""
+    """Per-member weights, VBN folded in: each hidden layer is one convolution (or matmul) with a bias."""
 
-    convs: list[torch.Tensor]  # (B, out, in, k, k)
-    fc: torch.Tensor  # (B, hidden, flat)
+    weights: list[torch.Tensor]  # per hidden layer (B, out, in, k, k) or (B, hidden, flat)
+    bias: list[torch.Tensor]  # per hidden layer (B, out)
     out_w: torch.Tensor  # (B, act_dim, hidden)
     out_b: torch.Tensor  # (B, act_dim)
-    scale: list[torch.Tensor] = field(default_factory=list)  # per hidden layer (B, units)
-    shift: list[torch.Tensor] = field(default_factory=list)
+    gamma: list[torch.Tensor] = field(default_factory=list)  # VBN's gamma until folded
 
     @property
     def members(self) -> int:
-        return int(self.fc.shape[0])
+        return int(self.out_w.shape[0])
 
 
 @dataclass(frozen=True)
@@ -172,20 +171,25 @@ class ConvPolicy:
         return torch.bfloat16 if self.dtype == "bfloat16" else torch.float32
 
     def _weights(self, params: np.ndarray) -> Prepared:
-        p = torch.from_numpy(np.ascontiguousarray(params, dtype=np.float32)).to(self.torch_dtype)
+        """Float32 copies of the rows' weights (never views of `params`: folding writes into them)."""
+        p = torch.from_numpy(np.ascontiguousarray(params, dtype=np.float32))
         b, o = p.shape[0], 0
         named: dict[str, torch.Tensor] = {}
         for name, shape in self.shapes().items():
             n = int(np.prod(shape))
-            named[name] = p[:, o : o + n].reshape(b, *shape).contiguous()
+            named[name] = p[:, o : o + n].reshape(b, *shape).clone()
             o += n
-        convs = [named[f"conv{n}.weight"] for n in range(len(self.channels))]
-        prep = Prepared(convs, named["fc.weight"], named["out.weight"], named["out.bias"])
-        for n in range(len(self.channels) + 1):
-            beta = named[f"norm{n}.beta"]
-            prep.scale.append(named[f"norm{n}.gamma"] if self.vbn else torch.ones_like(beta))
-            prep.shift.append(beta)
+        units = len(self.channels) + 1
+        weights = [named[f"conv{n}.weight"] for n in range(len(self.channels))] + [named["fc.weight"]]
+        prep = Prepared(weights, [named[f"norm{n}.beta"] for n in range(units)], named["out.weight"], named["out.bias"])
+        if self.vbn:
+            prep.gamma = [named[f"norm{n}.gamma"] for n in range(units)]
         return prep
+
+    def _layer(self, layer: int, h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if layer < len(self.channels):
+            return F.conv2d(h, w, bias, stride=self.conv_shapes[layer][3])  # (N, units, H', W')
+        return F.linear(h.reshape(len(h), -1), w, bias)[:, :, None, None]  # (N, units, 1, 1)
 
     def _member(self, prep: Prepared, b: int, x: torch.Tensor, reference: bool = False,
                 trace: list[torch.Tensor] | None = None) -> torch.Tensor:
@@ -193,62 +197,61 @@ class ConvPolicy:
 
         Each member runs on its own, with the same shapes whatever else is in the batch, so
         its actions are bit-identical however members are grouped into tasks (order-free
-        ES). `reference`: x is the reference batch; each layer's VBN statistics are taken
-        over it and folded into the member's scale and shift before the next layer.
-        `trace` collects each layer's normalized pre-activation (tests).
+        ES). `reference`: x is the reference batch; each layer's VBN mean and variance are
+        taken over it and folded into the member's weights and bias (w * gamma / std,
+        beta - mean * gamma / std) before the next layer. `trace` collects each layer's
+        normalized pre-activation (tests).
         """
         h = x
-        layers = len(prep.convs)
-        for layer in range(layers + 1):
-            if layer < layers:
-                h = F.conv2d(h, prep.convs[layer][b], stride=self.conv_shapes[layer][3])  # (N, units, H', W')
-            else:
-                h = (h.reshape(len(h), -1) @ prep.fc[b].T)[:, :, None, None]  # (N, units, 1, 1)
+        for layer in range(len(prep.weights)):
+            w = prep.weights[layer][b]
             if reference and self.vbn:
-                h32 = h.float()
-                mean = h32.mean(dim=(0, 2, 3))
-                var = h32.var(dim=(0, 2, 3), unbiased=False)
-                scale = prep.scale[layer][b].float() / torch.sqrt(var + VBN_EPS)
-                prep.scale[layer][b] = scale.to(h.dtype)
-                prep.shift[layer][b] = (prep.shift[layer][b].float() - mean * scale).to(h.dtype)
-            h = h * prep.scale[layer][b][:, None, None] + prep.shift[layer][b][:, None, None]
+                z = self._layer(layer, h, w, None).float()
+                mean = z.mean(dim=(0, 2, 3))
+                var = z.var(dim=(0, 2, 3), unbiased=False)
+                scale = prep.gamma[layer][b] / torch.sqrt(var + VBN_EPS)
+                shape = (-1,) + (1,) * (w.dim() - 1)
+                prep.weights[layer][b] = w * scale.reshape(shape)
+                prep.bias[layer][b] = prep.bias[layer][b] - mean * scale
+                z = z * scale[:, None, None] + prep.bias[layer][b][:, None, None]
+            else:
+                z = self._layer(layer, h, w, prep.bias[layer][b])
             if trace is not None:
-                trace.append(h.float())
-            h = h.relu()
+                trace.append(z.float())
+            h = z.relu()
         return h.reshape(len(h), -1)
 
     def split(self, params: np.ndarray) -> Prepared:
-        """Weights of parameter rows (B, P), with each member's VBN statistics from the reference batch."""
+        """Weights of parameter rows (B, P), each member's VBN statistics from the reference batch folded in."""
         prep = self._weights(params)
-        prep.scale = [s.clone() for s in prep.scale]  # filled in place per member below
-        prep.shift = [s.clone() for s in prep.shift]
         if self.vbn:
-            ref = self._reference()
+            assert self.reference is not None
+            ref = torch.from_numpy(self.reference).float().mul(1.0 / 255.0)
             with torch.inference_mode():
                 for b in range(prep.members):
                     self._member(prep, b, ref, reference=True)
-        return prep
-
-    def _reference(self) -> torch.Tensor:
-        assert self.reference is not None
-        return torch.from_numpy(self.reference).to(self.torch_dtype).mul(1.0 / 255.0)
+            prep.gamma = []
+        dt = self.torch_dtype
+        return Prepared([w.to(dt) for w in prep.weights], [v.to(dt) for v in prep.bias], prep.out_w.to(dt),
+                        prep.out_b.to(dt))
 
     def reference_trace(self, params: np.ndarray) -> list[list[np.ndarray]]:
         """Per member, each layer's normalized pre-activations (N, units, H, W) on the reference batch (tests)."""
+        assert self.reference is not None
         prep = self.split(params)
+        ref = torch.from_numpy(self.reference).to(self.torch_dtype).mul(1.0 / 255.0)
         out = []
         with torch.inference_mode():
             for b in range(prep.members):
                 trace: list[torch.Tensor] = []
-                self._member(prep, b, self._reference(), trace=trace)
+                self._member(prep, b, ref, trace=trace)
                 out.append([t.numpy() for t in trace])
         return out
 
     def subset(self, prep: Prepared, rows: np.ndarray | list[int]) -> Prepared:
         """The prepared weights of some members (after others finished their episodes)."""
         idx = torch.as_tensor(np.asarray(rows, dtype=np.int64))
-        return Prepared([w[idx] for w in prep.convs], prep.fc[idx], prep.out_w[idx], prep.out_b[idx],
-                        [s[idx] for s in prep.scale], [s[idx] for s in prep.shift])
+        return Prepared([w[idx] for w in prep.weights], [v[idx] for v in prep.bias], prep.out_w[idx], prep.out_b[idx])
 
     def forward(self, params: np.ndarray | Prepared, x: np.ndarray, mean: np.ndarray | None = None,
                 inv_std: np.ndarray | None = None) -> np.ndarray:
@@ -257,7 +260,8 @@ class ConvPolicy:
         with torch.inference_mode():
             frames = torch.from_numpy(np.ascontiguousarray(x)).to(self.torch_dtype).mul(1.0 / 255.0)
             frames = frames.reshape(prep.members, 1, *self.spec.chw)
-            out = [prep.out_b[b] + self._member(prep, b, frames[b])[0] @ prep.out_w[b].T for b in range(prep.members)]
+            out = [F.linear(self._member(prep, b, frames[b]), prep.out_w[b], prep.out_b[b])[0]
+                   for b in range(prep.members)]
         return torch.stack(out).float().numpy()
 
     def to_actions(self, out: np.ndarray) -> np.ndarray:
