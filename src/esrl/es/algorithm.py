@@ -132,8 +132,11 @@ class ESReplica:
     def member_params(self, members: np.ndarray) -> np.ndarray:
         """theta + sigma * eps_i for each member (rows)."""
         offsets, slots, signs = self.addresses(self.iteration)
-        idx = offsets[slots[members]][:, None] + np.arange(self.dim)[None, :]
-        eps = self.table[idx] * signs[members][:, None]
+        starts = offsets[slots[members]]
+        if self.dim >= 1 << 14:  # big policies: one slice per member (an index array would be rows x dim)
+            eps = np.stack([self.table[o : o + self.dim] for o in starts]) * signs[members][:, None]
+        else:
+            eps = self.table[starts[:, None] + np.arange(self.dim)[None, :]] * signs[members][:, None]
         return self.theta[None, :] + np.float32(self.cfg.sigma) * eps
 
     def addresses(self, t: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
