@@ -44,24 +44,10 @@ class MLP:
         return out
 
     def unflatten(self, flat: np.ndarray) -> dict[str, np.ndarray]:
-        """Named tensors (copies) of a flat parameter vector, in `shapes()` order."""
-        if flat.shape != (self.num_params,):
-            raise ValueError(f"expected {self.num_params} parameters, got shape {flat.shape}")
-        out, o = {}, 0
-        for name, shape in self.shapes().items():
-            n = int(np.prod(shape))
-            out[name] = flat[o : o + n].reshape(shape).copy()
-            o += n
-        return out
+        return unflatten(self.shapes(), flat)
 
     def flatten(self, tensors: dict[str, np.ndarray]) -> np.ndarray:
-        """The flat float32 vector of named tensors; names and shapes must match `shapes()`."""
-        parts = []
-        for name, shape in self.shapes().items():
-            if name not in tensors or tuple(tensors[name].shape) != shape:
-                raise ValueError(f"tensor {name!r} missing or not of shape {shape}")
-            parts.append(np.asarray(tensors[name], np.float32).ravel())
-        return np.concatenate(parts)
+        return flatten(self.shapes(), tensors)
 
     def init(self, gen: np.random.Generator) -> np.ndarray:
         """Column-normalized Gaussian weights (std 1 hidden, 0.01 output), zero biases."""
@@ -108,6 +94,29 @@ class MLP:
 
     def to_actions(self, out: np.ndarray) -> np.ndarray:
         return to_actions(self.spec, out)
+
+
+def unflatten(shapes: dict[str, tuple[int, ...]], flat: np.ndarray) -> dict[str, np.ndarray]:
+    """Named tensors (copies) of a flat parameter vector, in `shapes` order."""
+    total = sum(int(np.prod(s)) for s in shapes.values())
+    if flat.shape != (total,):
+        raise ValueError(f"expected {total} parameters, got shape {flat.shape}")
+    out, o = {}, 0
+    for name, shape in shapes.items():
+        n = int(np.prod(shape))
+        out[name] = flat[o : o + n].reshape(shape).copy()
+        o += n
+    return out
+
+
+def flatten(shapes: dict[str, tuple[int, ...]], tensors: dict[str, np.ndarray]) -> np.ndarray:
+    """The flat float32 vector of named tensors; names and shapes must match `shapes`."""
+    parts = []
+    for name, shape in shapes.items():
+        if name not in tensors or tuple(tensors[name].shape) != shape:
+            raise ValueError(f"tensor {name!r} missing or not of shape {shape}")
+        parts.append(np.asarray(tensors[name], np.float32).ravel())
+    return np.concatenate(parts)
 
 
 def to_actions(spec: EnvSpec, out: np.ndarray) -> np.ndarray:

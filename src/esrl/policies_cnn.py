@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from esrl import envs, seeding
 from esrl.envs import EnvSpec
 from esrl.errors import InputError
-from esrl.policies import to_actions
+from esrl.policies import flatten, to_actions, unflatten
 
 VBN_EPS = 1e-5
 REF_KEEP = 0.125  # chance that a frame of the random-action trajectory joins the reference batch
@@ -129,22 +129,10 @@ class ConvPolicy:
         return sum(int(np.prod(s)) for s in self.shapes().values())
 
     def unflatten(self, flat: np.ndarray) -> dict[str, np.ndarray]:
-        if flat.shape != (self.num_params,):
-            raise ValueError(f"expected {self.num_params} parameters, got shape {flat.shape}")
-        out, o = {}, 0
-        for name, shape in self.shapes().items():
-            n = int(np.prod(shape))
-            out[name] = flat[o : o + n].reshape(shape).copy()
-            o += n
-        return out
+        return unflatten(self.shapes(), flat)
 
     def flatten(self, tensors: dict[str, np.ndarray]) -> np.ndarray:
-        parts = []
-        for name, shape in self.shapes().items():
-            if name not in tensors or tuple(tensors[name].shape) != shape:
-                raise ValueError(f"tensor {name!r} missing or not of shape {shape}")
-            parts.append(np.asarray(tensors[name], np.float32).ravel())
-        return np.concatenate(parts)
+        return flatten(self.shapes(), tensors)
 
     def init(self, gen: np.random.Generator) -> np.ndarray:
         """Gaussian weights scaled to unit norm per output unit (0.01 for the logits), gamma 1, biases 0."""

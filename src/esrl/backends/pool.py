@@ -50,6 +50,18 @@ def _send_report(conn: Connection, wid: int, acc: Any, clients: list[Any], compu
     conn.send_bytes(pickle.dumps(("report", wid, acc, traffic, staleness)))
 
 
+def take_report(pool: Any, rep: Any, traffic: Traffic, staleness: list[int]) -> list[Any]:
+    """Fold a worker's report message into a pool's counters (`traffic`, `staleness`); the report, if any."""
+    pool.staleness.extend(staleness)
+    for k, v in traffic.sent.items():
+        pool.traffic.sent[k] += v
+    for k, v in traffic.received.items():
+        pool.traffic.received[k] += v
+    pool.traffic.compute_s += traffic.compute_s
+    pool.traffic.messages += 1
+    return [] if rep is None else [rep]
+
+
 def _worker_main(setup: Any, wid: int, client: Any, conn: Connection, stop: Any) -> None:
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -161,15 +173,7 @@ class ProcessPool:
         return reports
 
     def _take(self, rep: Any, traffic: Traffic, staleness: list[int]) -> list[Any]:
-        """Fold a worker's report message into the pool's counters."""
-        self.staleness.extend(staleness)
-        for k, v in traffic.sent.items():
-            self.traffic.sent[k] += v
-        for k, v in traffic.received.items():
-            self.traffic.received[k] += v
-        self.traffic.compute_s += traffic.compute_s
-        self.traffic.messages += 1
-        return [] if rep is None else [rep]
+        return take_report(self, rep, traffic, staleness)
 
     def _died(self, wid: int) -> None:
         proc, conn = self._procs.pop(wid)

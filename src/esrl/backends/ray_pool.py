@@ -19,7 +19,7 @@ import traceback
 from typing import Any
 
 from esrl.backends.base import Traffic
-from esrl.backends.pool import REPORT_S, WorkerFailure, _absorb, _clients
+from esrl.backends.pool import REPORT_S, WorkerFailure, _absorb, _clients, take_report
 
 IN_FLIGHT = 2  # work() calls queued per actor
 
@@ -154,14 +154,7 @@ class RayPool:
         return reports
 
     def _take(self, rep: Any, traffic: Traffic, staleness: list[int]) -> list[Any]:
-        self.staleness.extend(staleness)
-        for k, v in traffic.sent.items():
-            self.traffic.sent[k] += v
-        for k, v in traffic.received.items():
-            self.traffic.received[k] += v
-        self.traffic.compute_s += traffic.compute_s
-        self.traffic.messages += 1
-        return [] if rep is None else [rep]
+        return take_report(self, rep, traffic, staleness)
 
     def _died(self, wid: int, why: str) -> None:
         actor, slot = self._actors.pop(wid)
