@@ -42,3 +42,27 @@ def det_metrics(run_dir: Path) -> list[dict[str, Any]]:
 @pytest.fixture
 def es_cfg() -> ESConfig:
     return tiny_es()
+
+
+@pytest.fixture(scope="session")
+def _ray_session() -> Any:
+    """Whether this session started the local Ray below; it is shut down once, at the end."""
+    state = {"started": False}
+    yield state
+    if state["started"]:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def local_ray(_ray_session: dict[str, bool]) -> Any:
+    """One local Ray (about 3 s to start here) shared by the test modules that use it; started again only
+    if a module in between shut it down (the cluster tests run their own)."""
+    ray = pytest.importorskip("ray")
+    if not ray.is_initialized():
+        ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", num_cpus=4,
+                 log_to_driver=False)
+        _ray_session["started"] = True
+    return ray

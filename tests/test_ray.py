@@ -10,16 +10,7 @@ from tests.test_faults import DyingReplica, _wrap
 ray = pytest.importorskip("ray")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def ray_instance():
-    """One local Ray for the module (about 3 s to start here); the backend joins it."""
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", num_cpus=4,
-                 log_to_driver=False)
-    yield
-    if started:
-        ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")  # one local Ray, shared (tests/conftest.py)
 
 
 def test_ray_matches_processes_bit_for_bit(tmp_path):

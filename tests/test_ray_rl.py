@@ -62,16 +62,7 @@ class RayKilledCartPole(CartPoleEnv):
 gym.register("esrl-test/RayKilledCartPole-v0", entry_point=RayKilledCartPole, max_episode_steps=500)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def ray_instance():
-    """One local Ray for the module; the runs join it."""
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", num_cpus=4,
-                 log_to_driver=False)
-    yield
-    if started:
-        ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")  # one local Ray, shared (tests/conftest.py)
 
 
 def tiny_a3c(**kw) -> A3CConfig:
