@@ -87,3 +87,46 @@ def test_dqn_workers_span_both_nodes_around_one_replay_and_parameter_server(clus
     finally:
         pool.close()
         store.close()
+
+
+def test_a3c_goes_on_when_a_worker_node_is_removed(cluster):
+    import time
+
+    from esrl.backends import ray_pool
+    from esrl.config import A3CConfig
+    from esrl.rl import nets
+    from esrl.rl.a3c import A3CSetup
+    from esrl.rl.common import optim_spec
+
+    c, _nodes = cluster
+    while len([n for n in c.list_all_nodes() if n is not c.head_node]) < 2:
+        c.add_node(num_cpus=2)
+    c.wait_for_nodes()
+    cfg = A3CConfig(hidden=(16,), envs_per_worker=2, sync="param-server")
+    setup = A3CSetup(cfg, envs.spec_of("CartPole-v1"), 0)
+    store, pool = ray_pool.make(setup, nets.get_flat(setup.build_model()), optim_spec(cfg), 1, 2, 2, False)
+
+    def updates(n: int) -> int:
+        counted, end = 0, time.monotonic() + 60
+        while counted < n and time.monotonic() < end:
+            counted += sum(r.updates for r in pool.poll(0.05))
+        return counted
+
+    try:
+        pool.start()
+        assert updates(30) >= 30
+        where = pool.nodes()
+        assert len(set(where.values())) == 2
+        doomed = next(n for n in c.list_all_nodes() if n.node_id == where[0])
+        c.remove_node(doomed)  # worker 0's node; the parameter server (no CPUs asked) stays on the head
+        assert updates(100) >= 100  # training goes on, from the other worker and then the replacement
+        deadline = time.monotonic() + 60
+        while not any(e["event"] == "worker_joined" for e in pool.events) and time.monotonic() < deadline:
+            pool.poll(0.05)
+        died = [e for e in pool.events if e["event"] == "worker_died"]
+        assert died and died[0]["worker"] == 0
+        assert any(e["event"] == "worker_joined" for e in pool.events)
+        assert pool.live_workers == 2 and where[0] not in pool.nodes().values()
+    finally:
+        pool.close()
+        store.close()

@@ -37,6 +37,20 @@ def _ray() -> Any:
     return ray
 
 
+def _store_actor(cls: type) -> Any:
+    """`cls` as an actor of the run's stores, pinned to the coordinator's node.
+
+    The stores (parameter-server shards, replay, counters) ask for no CPU, so Ray could put
+    them on any node; on the coordinator's they share its fate only, and losing a worker
+    node costs only the workers on it (tests/test_ray_cluster.py removes one mid-run).
+    """
+    ray = _ray()
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+    return ray.remote(num_cpus=0, max_restarts=0, scheduling_strategy=here)(cls)
+
+
 class ShardActor:
     """One parameter-server shard in a Ray actor."""
 
@@ -97,11 +111,10 @@ class RayStore(ServerStore):
 
     def __init__(self, params: torch.Tensor, spec: OptimSpec, shards: int = 1, owned: list[Any] | None = None,
                  shutdown: bool = False) -> None:
-        ray = _ray()
         flat = params.detach().float().clone()
         self.n = flat.numel()
         self.slices = shard_slices(self.n, shards)
-        cls = ray.remote(num_cpus=0, max_restarts=0)(ShardActor)
+        cls = _store_actor(ShardActor)
         self.actors = [cls.remote(flat[lo:hi].numpy(), spec) for lo, hi in self.slices]
         self._controls = [ActorConn(a, _CONTROL) for a in self.actors]
         self.owned, self.shutdown = owned or [], shutdown
@@ -186,7 +199,7 @@ class RayReplay:
 
     def __init__(self, capacity: int, obs_dim: int, obs_dtype: torch.dtype = torch.float32, actor: Any = None) -> None:
         self.capacity, self.obs_dim, self.obs_dtype = capacity, obs_dim, obs_dtype
-        self.actor = actor if actor is not None else _ray().remote(num_cpus=0, max_restarts=0)(ReplayActor).remote(
+        self.actor = actor if actor is not None else _store_actor(ReplayActor).remote(
             capacity, obs_dim, obs_dtype)
         self._reset()
 
@@ -255,7 +268,7 @@ class RayCounter:
     """Stands in for a shared `Counter`: `add` is exact (one round trip), `value` reads it."""
 
     def __init__(self, value: int = 0, actor: Any = None) -> None:
-        self.actor = actor if actor is not None else _ray().remote(num_cpus=0, max_restarts=0)(CounterActor).remote(
+        self.actor = actor if actor is not None else _store_actor(CounterActor).remote(
             value)
         self.sent: dict[str, int] = defaultdict(int)
         self.received: dict[str, int] = defaultdict(int)
