@@ -47,3 +47,13 @@ def test_killed_actor_is_replaced_and_the_result_is_unchanged(tmp_path):
     died = [e for e in events if e["event"] == "worker_died"]
     assert len(died) == 1 and "replacement" in died[0] and died[0]["requeued_task"] is not None
     assert np.array_equal(final_state(d)["theta"], final_state(tmp_path / "clean")["theta"])
+
+
+def test_default_workers_are_one_per_cluster_cpu(local_ray):
+    from esrl.backends.ray_backend import RayBackend
+
+    backend = RayBackend(0)
+    try:
+        assert backend.n == int(local_ray.cluster_resources()["CPU"]) == 4  # the shared instance has 4 CPUs
+    finally:
+        backend.close()

@@ -34,7 +34,7 @@ class RunConfig:
     address: str = _f("", "ray: cluster to join ('auto' or host:port); empty starts a local instance on 127.0.0.1")
     device: str = _f("auto", "torch device of the vectorized backend, and of A3C's and DQN's device arrangements "
                      "(cuda selects them)", ("cpu", "cuda", "auto"))
-    workers: int = _f(0, "worker processes (0 = number of CPU cores)")
+    workers: int = _f(0, "workers (0 = one per CPU core; on Ray, one per CPU of the cluster)")
     target_return: float | None = _f(None, "evaluation return that counts as solved (default: the env's reward_threshold)")
     max_seconds: float = _f(600.0, "wall-clock budget in seconds (0 = none)")
     max_iterations: int = _f(0, "iteration budget (0 = none)")

@@ -15,6 +15,7 @@ import numpy as np
 
 from esrl import __version__, envs
 from esrl.backends import default_workers, make_backend
+from esrl.backends.base import Backend
 from esrl.config import ESConfig, RunConfig, check_combination, to_dict
 from esrl.errors import InputError
 from esrl.es import algorithm as es
@@ -90,8 +91,12 @@ def train(run: RunConfig, cfg: ESConfig, overwrite: bool = False, resume: bool =
     if not resume:
         RunDir.check_new(run_dir_path, overwrite)
     # the backend starts (or joins Ray) before anything on disk changes: a bad address loses no run
+    backend: Backend
     if run.backend == "ray":
-        backend = make_backend("ray", workers, address=run.address or None)
+        from esrl.backends.ray_backend import RayBackend
+
+        ray_backend = RayBackend(run.workers, address=run.address or None)
+        backend, workers = ray_backend, ray_backend.n  # workers 0: one actor per CPU of the cluster
     else:
         backend = make_backend("serial" if run.backend == "vectorized" else run.backend, workers)
     if resume:

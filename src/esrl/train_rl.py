@@ -70,7 +70,11 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
     if run.backend == "ray":  # started (or joined) before anything on disk changes: a bad address loses no run
         from esrl.backends import ray_pool
 
-        started_ray = ray_pool.init(run.address or None, workers)
+        started_ray = ray_pool.init(run.address or None, run.workers)
+        if not run.workers:  # one worker actor per CPU of the cluster
+            from esrl.backends.ray_backend import cluster_cpus
+
+            workers = cluster_cpus()
     ctx = context()
     if hasattr(setup, "attach") and arrangement is None:  # shared resources of the run: a global replay, a world model
         setup = setup.attach(ctx, workers)

@@ -34,5 +34,5 @@ def make_backend(name: str, workers: int, **kwargs: Any) -> Backend:
     if name == "ray":
         from esrl.backends.ray_backend import RayBackend
 
-        return RayBackend(workers or default_workers(), **kwargs)
+        return RayBackend(workers, **kwargs)
     raise InputError("backend", f"unknown backend {name!r}", ", ".join(BACKENDS))

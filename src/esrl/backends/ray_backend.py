@@ -55,6 +55,11 @@ def init(address: str | None = None, num_cpus: int | None = None) -> bool:
     return True
 
 
+def cluster_cpus() -> int:
+    """CPUs of the Ray cluster this process is connected to: the default worker count on Ray (one actor per CPU)."""
+    return max(1, int(_ray().cluster_resources().get("CPU", 0)))
+
+
 class _ReplicaActor:
     def __init__(self, setup: Any) -> None:
         self.replica = setup.build()
@@ -86,9 +91,10 @@ class RayBackend:
     task_tail = 1
 
     def __init__(self, workers: int, address: str | None = None, max_restarts: int | None = None) -> None:
-        self.n = workers
-        self.max_restarts = 3 * workers if max_restarts is None else max_restarts
+        """`workers` 0: one actor per CPU of the cluster (of this machine for a local instance)."""
         self.started_ray = init(address, num_cpus=None if address else max(workers, os.cpu_count() or 1))
+        self.n = workers or cluster_cpus()
+        self.max_restarts = 3 * self.n if max_restarts is None else max_restarts
         self.ray = _ray()
         self.traffic = Traffic()
         self.events: list[dict[str, Any]] = []
