@@ -167,3 +167,16 @@ def test_same_seed_same_theta_on_cuda(tmp_path):
     train(vec_run(tmp_path / "b", device="cuda"), cfg, show_progress=False)
     assert np.array_equal(final_state(tmp_path / "a")["theta"], final_state(tmp_path / "b")["theta"])
     assert det_metrics(tmp_path / "a") == det_metrics(tmp_path / "b")
+
+
+def test_population_is_chunked_to_bound_memory_and_the_peak_is_reported(tmp_path, monkeypatch):
+    from esrl.es import vectorized
+
+    cfg = tiny_es(population=64)
+    whole = train(vec_run(tmp_path / "whole"), cfg, show_progress=False)
+    dim = whole["num_params"]
+    monkeypatch.setattr(vectorized, "MAX_BATCH_FLOATS", 8 * dim)  # chunks of 8 members
+    chunked = train(vec_run(tmp_path / "chunked"), cfg, show_progress=False)
+    n_eval = 3  # vec_run's evaluation episodes ride with the first chunk
+    assert chunked["iterations"] == whole["iterations"] and chunked["env_steps"] > 0
+    assert chunked["batch_peak_bytes"] <= (8 + n_eval) * dim * 4 < whole["batch_peak_bytes"]

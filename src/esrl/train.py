@@ -234,6 +234,8 @@ def train(run: RunConfig, cfg: ESConfig, overwrite: bool = False, resume: bool =
         "best_eval_return": counters.best_eval_return,
         "num_params": master.dim,
     }
+    if run.backend == "vectorized":  # memory is bounded by chunking the population: the largest batch it held
+        summary["batch_peak_bytes"] = getattr(backend, "peak_bytes", None)
     rd.write_json("summary.json", summary)
     if stop_reason == "interrupted":
         raise KeyboardInterrupt

@@ -43,4 +43,6 @@ class SerialBackend:
         return [0]
 
     def close(self) -> None:
+        # the vectorized replica's largest batch of parameter rows, for the run summary
+        self.peak_bytes = getattr(self._replica, "peak_bytes", None)
         self._replica = None
