@@ -388,6 +388,9 @@ def load_run(run_dir: str | Path) -> tuple[str, RunConfig, Any]:
 
 def check_combination(algo: str, run: RunConfig, cfg: Any, obs_onehot: bool = False, spec: Any = None) -> None:
     """Refuse algorithm x backend x env combinations that cannot run, before anything starts (`spec`: the EnvSpec)."""
+    # a lost life continues the game in the next episode: ES episodes would depend on their order
+    _check(not (algo == "es" and run.episodic_life), "episodic_life",
+           "ES episodes are whole games (each a function of its seed alone)", "--no-episodic-life")
     if spec is not None:
         from esrl import envs
 

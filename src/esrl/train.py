@@ -17,7 +17,6 @@ from esrl import __version__, envs
 from esrl.backends import default_workers, make_backend
 from esrl.backends.base import Backend
 from esrl.config import ESConfig, RunConfig, check_combination, to_dict
-from esrl.errors import InputError
 from esrl.es import algorithm as es
 from esrl.progress import Progress
 from esrl.runs import checkpoint, interrupts
@@ -77,9 +76,6 @@ def train(run: RunConfig, cfg: ESConfig, overwrite: bool = False, resume: bool =
     target = resolve_target(run, spec)
     setup: es.ESSetup = es.ESSetup(cfg, spec, run.seed)
     check_combination(ALGORITHM, run, cfg, spec=spec)
-    if run.episodic_life:  # a lost life continues the game in the next episode: episodes would depend on order
-        raise InputError("episodic_life", "ES episodes are whole games (each a function of its seed alone)",
-                         "--no-episodic-life")
     if run.backend == "vectorized":
         from esrl.es.vectorized import ESTorchSetup
 

@@ -42,9 +42,6 @@ def setup_for(algo: str, cfg: Any, spec: envs.EnvSpec, seed: int) -> Any:
     if algo == "dynaq":
         from esrl.rl.dynaq import DynaQSetup
 
-        if spec.image:  # also refused up front by check_combination
-            raise InputError("env", f"Dyna-Q's world model predicts flat observations, not the frames of {spec.env_id}",
-                             "an env with flat Box observations")
         return DynaQSetup(cfg, spec, seed)
     raise InputError("algo", f"unknown algorithm {algo!r}", "es, a3c, dqn, dynaq")
 
