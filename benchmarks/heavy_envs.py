@@ -56,7 +56,7 @@ def run_metrics(algo: str, env_id: str, workers: int, seconds: float) -> list[di
     print(f"run: {algo} {env_id} workers={workers} {seconds:.0f}s", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         run = RunConfig(env=env_id, seed=0, backend="processes", workers=workers, target_return=1e9,
-                        max_seconds=seconds, stop_on_solve=False, eval_every=10**6, eval_episodes=1,
+                        max_seconds=seconds, stop_on_solve=False, eval_every_steps=10**12, eval_episodes=1,
                         checkpoint_every=10**6, run_dir=str(Path(tmp) / "r"))
         if algo == "es":
             from esrl.train import train

@@ -27,7 +27,7 @@ def throughput(algo: str, sync: str, workers: int, seconds: float) -> dict[str, 
     print(f"run: {algo} sync={sync} workers={workers}", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         run = RunConfig(env="CartPole-v1", seed=0, workers=workers, target_return=1e9, max_seconds=seconds,
-                        stop_on_solve=False, eval_every=10**6, checkpoint_every=10**6, run_dir=str(Path(tmp) / "r"))
+                        stop_on_solve=False, eval_every_steps=10**12, checkpoint_every=10**6, run_dir=str(Path(tmp) / "r"))
         train_rl(algo, run, ALGORITHMS[algo](sync=sync), show_progress=False)
         lines = [json.loads(x) for x in (Path(tmp) / "r" / "metrics.jsonl").read_text().splitlines()]
     first, last = lines[0], lines[-1]

@@ -1,9 +1,10 @@
-"""Stable-Baselines3 A2C and DQN on the same task, timed the way esrl times itself.
+"""Stable-Baselines3 A2C and DQN on the same task, measured by esrl's own protocol.
 
-Optional: needs `pip install -e '.[bench]'` (stable-baselines3). Time-to-threshold is wall time
-from model construction to the first evaluation (mean of `eval_episodes` deterministic
-episodes) at or above the target, evaluation time included, evaluated every `eval_every`
-env steps. Hyperparameters are the RL Baselines3 Zoo's tuned ones for CartPole-v1.
+Optional: needs `pip install -e '.[bench]'` (stable-baselines3). The evaluation is esrl's
+(esrl.protocol): the same schedule (every `eval_every_steps` training env steps), the same
+seeds, the same episode loop, its time kept off the training clock, and the first hit
+confirmed on `confirm_episodes` fresh episodes. Time-to-threshold is training wall time from
+model construction. Hyperparameters are the RL Baselines3 Zoo's tuned ones for CartPole-v1.
 """
 
 from __future__ import annotations
@@ -22,43 +23,46 @@ ZOO: dict[str, dict[str, Any]] = {
 
 
 def time_to_solve(algo: str, env_id: str, target: float, seed: int, max_seconds: float, max_steps: int = 500_000,
-                  eval_every: int = 2000, eval_episodes: int = 10) -> dict[str, Any]:
-    import gymnasium as gym
+                  eval_every_steps: int = 10_000, eval_episodes: int = 10, confirm_episodes: int = 100
+                  ) -> dict[str, Any]:
+    import numpy as np
     from stable_baselines3 import A2C, DQN
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
-    from stable_baselines3.common.evaluation import evaluate_policy
+
+    from esrl import protocol
+    from esrl.config import RunConfig
 
     t0 = time.perf_counter()
+    run = RunConfig(env=env_id, seed=seed, target_return=target, eval_every_steps=eval_every_steps,
+                    eval_episodes=eval_episodes, confirm_episodes=confirm_episodes)
+    spec = run.env_spec()
+    m = protocol.Measurement(run, target, protocol.Counters(), t0)
     zoo = ZOO[algo]
     env = make_vec_env(env_id, n_envs=zoo["n_envs"], seed=seed)
     model = (A2C if algo == "a2c" else DQN)("MlpPolicy", env, seed=seed, verbose=0, **zoo["kwargs"])
-    eval_env = gym.make(env_id)
-    result: dict[str, Any] = {"solved": False, "time_to_threshold_s": None, "best_eval_return": None}
+    threshold: dict[str, Any] = {}
+
+    def play(seeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return protocol.play_episodes(spec, lambda obs: model.predict(obs, deterministic=True)[0], seeds)
 
     class Stop(BaseCallback):
-        def __init__(self) -> None:
-            super().__init__()
-            self.next_eval = eval_every
-
         def _on_step(self) -> bool:
-            if time.perf_counter() - t0 >= max_seconds:
+            m.counters.env_steps = int(self.num_timesteps)
+            if m.training_s() >= max_seconds:
                 return False
-            if self.num_timesteps < self.next_eval:
+            if not m.due():
                 return True
-            self.next_eval += eval_every
-            eval_env.reset(seed=seed * 1000 + self.num_timesteps)
-            mean, _ = evaluate_policy(self.model, eval_env, n_eval_episodes=eval_episodes, deterministic=True)
-            best = result["best_eval_return"]
-            result["best_eval_return"] = mean if best is None else max(best, mean)
-            if mean >= target:
-                result.update(solved=True, time_to_threshold_s=time.perf_counter() - t0, env_steps=self.num_timesteps)
-                return False
-            return True
+            ev = m.evaluate(play)
+            if ev.first:
+                threshold["params"] = {k: v.clone() for k, v in model.policy.state_dict().items()}
+            return not ev.hit
 
     model.learn(total_timesteps=max_steps, callback=Stop())
-    result.setdefault("env_steps", int(model.num_timesteps))
-    result["wall_s"] = time.perf_counter() - t0
-    return result
-
-
+    m.counters.env_steps = int(model.num_timesteps)
+    m.stop_clock()
+    if threshold:
+        model.policy.load_state_dict(threshold["params"])
+        m.confirm(play)
+    no_traffic = type("NoTraffic", (), {"sent": {}, "received": {}, "messages": 0})()
+    return m.summary(no_traffic, "in-process")

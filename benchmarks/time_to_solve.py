@@ -2,14 +2,15 @@
 Stable-Baselines3 A2C and DQN measured in the same run on the same machine.
 
 Each combination is a fresh run with default hyperparameters on the `processes` backend,
-stopping at the first evaluation (mean of 10 noiseless episodes) at or above the target, or
-at --max-seconds. Time-to-threshold is the run's own `time_to_threshold_s`: worker start-up
-and evaluation included. Seeds are interleaved across configurations so that machine drift
-affects all alike.
+measured by esrl's protocol (esrl.protocol): evaluations every `eval_every_steps` training
+env steps, stopping at the first at or above the target, or at --max-seconds. A run counts as
+solved only when that solve is confirmed on 100 fresh episodes. Time-to-threshold is the run's
+own `time_to_threshold_s`: training time, worker start-up included, evaluations excluded.
+Seeds are interleaved across configurations so that machine drift affects all alike.
 
-Prints one JSON line per run and one summary line per configuration: solved count, median
-time-to-threshold (unsolved runs count as infinitely slow; null when the median is unsolved)
-and, per algorithm, the speedup median(fewest workers) / median(this count). Run:
+Prints one JSON line per run and one summary line per configuration: confirmed solves, median
+time-to-threshold (unconfirmed runs count as infinitely slow; null when the median is
+unsolved) and, per algorithm, the speedup median(fewest workers) / median(this count). Run:
     .venv/bin/python benchmarks/time_to_solve.py [--algos es,a3c,dqn,dynaq] [--sync hogwild,lock,param-server]
         [--env CartPole-v1] [--target 475] [--seeds 5] [--workers 1 2] [--max-seconds 60] [--sb3] [--quick]
         [--backend vectorized --device cpu --population 256]  (ES on one device; run under `taskset -c 0`)
@@ -95,9 +96,10 @@ def main() -> None:
                 s = solve(algo, sync, args.env, args.target, seed, workers, args.max_seconds, args.backend,
                           args.device, args.population)
             emit(bench="time_to_solve", algo=algo, sync=sync, env=args.env, target=args.target, workers=workers,
-                 seed=seed, solved=s["solved"], time_to_threshold_s=s["time_to_threshold_s"],
-                 env_steps=s.get("env_steps"), wall_s=s["wall_s"], best_eval_return=s.get("best_eval_return"))
-            times[(algo, sync, workers)].append(s["time_to_threshold_s"] if s["solved"] else math.inf)
+                 seed=seed, solved=s["solved"], confirmed=s.get("confirmed"), confirmed_return=s.get("confirmed_return"),
+                 time_to_threshold_s=s["time_to_threshold_s"], env_steps=s.get("env_steps"), wall_s=s["wall_s"],
+                 best_eval_return=s.get("best_eval_return"))
+            times[(algo, sync, workers)].append(s["time_to_threshold_s"] if s.get("confirmed") else math.inf)
     for (algo, sync, workers), ts in times.items():
         solved, med = summarize(ts)
         base = times.get((algo, sync, min(args.workers)))

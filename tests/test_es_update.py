@@ -51,7 +51,7 @@ def test_adam_update_uses_shared_state_and_l2():
 
 def test_make_update_drops_nonfinite_pairs_and_adapts_cap():
     cfg = tiny_es(population=4, adaptive_cap=True)
-    res = es.Results(np.array([1.0, np.nan, 3.0, 2.0]), np.array([10, 20, 30, 40]), np.zeros(0), np.zeros(0))
+    res = es.Results(np.array([1.0, np.nan, 3.0, 2.0]), np.array([10, 20, 30, 40]))
     up, nonfinite = es.make_update(cfg, 0, res, 500)
     assert nonfinite == 1
     assert up.shaped[0] == 0 and up.shaped[1] == 0  # the whole mirrored pair is dropped
@@ -67,6 +67,6 @@ def test_unperturbed_rank():
 def test_obs_stats_merge_in_member_order():
     cfg = tiny_es(population=4)
     obs = [(3, np.array([1.0]), np.array([1.0]), 1), (1, np.array([2.0]), np.array([4.0]), 2)]
-    res = es.Results(np.arange(4.0), np.ones(4, np.int64), np.zeros(0), np.zeros(0), obs)
+    res = es.Results(np.arange(4.0), np.ones(4, np.int64), obs)
     up, _ = es.make_update(dataclasses.replace(cfg), 0, res, 500)
     assert up.obs_count == 3 and up.obs_sum is not None and up.obs_sum[0] == 3.0

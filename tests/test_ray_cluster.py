@@ -25,7 +25,7 @@ def cluster():
 
 
 def _iteration(backend, master, cfg, t):
-    res = es.gather(backend.run(es.tasks(t, cfg.population, 2, backend.live_workers)), cfg.population, 2)
+    res = es.gather(backend.run(es.tasks(t, cfg.population, backend.live_workers)), cfg.population)
     update, _ = es.make_update(cfg, t, res, 500)
     backend.broadcast(update)
     master.apply(update)
@@ -52,7 +52,7 @@ def test_run_spans_both_nodes_and_survives_losing_one(cluster):
     finally:
         backend.close()
     for t in range(4):  # the same four iterations without any failure
-        res = es.gather([twin.run(task) for task in es.tasks(t, 16, 2, 1)], 16, 2)
+        res = es.gather([twin.run(task) for task in es.tasks(t, 16, 1)], 16)
         twin.apply(es.make_update(cfg, t, res, 500)[0])
     assert np.array_equal(master.theta, twin.theta)
 

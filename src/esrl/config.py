@@ -39,8 +39,11 @@ class RunConfig:
     max_seconds: float = _f(600.0, "wall-clock budget in seconds (0 = none)")
     max_iterations: int = _f(0, "iteration budget (0 = none)")
     max_env_steps: int = _f(0, "env-step budget (0 = none)")
-    eval_episodes: int = _f(10, "noiseless evaluation episodes per evaluation")
-    eval_every: int = _f(1, "evaluate the unperturbed policy every this many iterations")
+    eval_episodes: int = _f(10, "noiseless evaluation episodes per evaluation (mean over them vs the target)")
+    eval_every_steps: int = _f(10_000, "evaluate the current policy every this many training env steps, training "
+                               "paused (the same schedule for every algorithm and worker count)")
+    confirm_episodes: int = _f(100, "fresh episodes that confirm the first evaluation at or above the target, after "
+                               "the timed run (0 = no confirmation)")
     checkpoint_every: int = _f(10, "write a checkpoint every this many iterations (and at the end)")
     verify_every: int = _f(10, "compare worker replicas' parameter hashes every this many iterations")
     stop_on_solve: bool = _f(True, "stop at the first evaluation at or above the target")
@@ -83,7 +86,8 @@ class RunConfig:
         _check(self.max_env_steps >= 0, "max_env_steps", f"must be >= 0, got {self.max_env_steps}")
         _check(self.max_episode_steps >= 0, "max_episode_steps", f"must be >= 0, got {self.max_episode_steps}")
         _check(self.eval_episodes >= 1, "eval_episodes", f"must be >= 1, got {self.eval_episodes}")
-        for name in ("eval_every", "checkpoint_every", "verify_every"):
+        _check(self.confirm_episodes >= 0, "confirm_episodes", f"must be >= 0, got {self.confirm_episodes}")
+        for name in ("eval_every_steps", "checkpoint_every", "verify_every"):
             _check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
 
 

@@ -6,48 +6,28 @@ Glue between the algorithm (esrl.es), a backend (esrl.backends) and the run dire
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from esrl import __version__, envs
+from esrl import __version__, protocol
 from esrl.backends import default_workers, make_backend
 from esrl.backends.base import Backend
 from esrl.config import ESConfig, RunConfig, check_combination, to_dict
+from esrl.errors import InputError
 from esrl.es import algorithm as es
 from esrl.progress import Progress
+from esrl.protocol import Counters, Measurement, resolve_target
 from esrl.runs import checkpoint, interrupts
 from esrl.runs.rundir import RunDir
 
 ALGORITHM = "es"
 # fields of a metrics line that do not depend on timing: equal for equal seeds
-DETERMINISTIC_KEYS = ("iteration", "env_steps", "episodes", "return_mean", "return_max", "return_min",
-                      "eval_return", "unperturbed_rank", "update_norm", "step_cap", "nonfinite_returns")
-
-
-@dataclasses.dataclass
-class Counters:
-    """Run totals that a checkpoint carries across a resume."""
-
-    env_steps: int = 0
-    episodes: int = 0
-    elapsed_s: float = 0.0
-    time_to_threshold_s: float | None = None
-    best_eval_return: float | None = None
-
-
-def resolve_target(run: RunConfig, spec: envs.EnvSpec) -> float | None:
-    if run.target_return is not None:
-        return run.target_return
-    env = envs.make(spec.env_id)
-    try:
-        thr = env.spec.reward_threshold if env.spec is not None else None
-    finally:
-        env.close()
-    return None if thr is None else float(thr)
+DETERMINISTIC_KEYS = ("iteration", "env_steps", "episodes", "eval_env_steps", "eval_episodes", "return_mean",
+                      "return_max", "return_min", "eval_return", "unperturbed_rank", "update_norm", "step_cap",
+                      "nonfinite_returns")
 
 
 def _device(name: str) -> str:
@@ -118,20 +98,21 @@ def train(run: RunConfig, cfg: ESConfig, overwrite: bool = False, resume: bool =
                                   "num_params": master.dim, "noise_table_size": master.table_size}})
 
     progress = Progress(show_progress)
-    offset = counters.elapsed_s
+    m = Measurement(run, target, counters, t_start)
 
-    def elapsed() -> float:
-        return offset + time.perf_counter() - t_start
-
-    def save_checkpoint() -> None:
-        st = master.get_state()
+    def save_checkpoint(directory: Any = None, state: dict[str, Any] | None = None) -> None:
+        st = master.get_state() if state is None else state
         tensors = {k: v for k, v in st.items() if isinstance(v, np.ndarray)}
         scalars = {k: v for k, v in st.items() if not isinstance(v, np.ndarray)}
-        checkpoint.save(rd.checkpoints, ALGORITHM, master.iteration, tensors,
-                        {"scalars": scalars, "counters": dataclasses.asdict(dataclasses.replace(counters, elapsed_s=elapsed())),
-                         "env": run.env, "num_params": master.dim})
+        checkpoint.save(rd.checkpoints if directory is None else directory, ALGORITHM, int(st["iteration"]), tensors,
+                        {"scalars": scalars, "counters": m.checkpoint_counters(backend.traffic), "env": run.env,
+                         "num_params": master.dim})
 
-    solved = counters.time_to_threshold_s is not None
+    def play(replica: es.ESReplica) -> protocol.Play:
+        act = replica.greedy_act()
+        return lambda seeds: protocol.play_episodes(spec, act, seeds)
+
+    threshold_play: protocol.Play | None = None
     last: dict[str, Any] = {}
     stop_reason = "budget"
     hard_stop = False  # a second Ctrl-C: the state may be mid-update, keep the last periodic checkpoint
@@ -143,66 +124,23 @@ def train(run: RunConfig, cfg: ESConfig, overwrite: bool = False, resume: bool =
                 if interrupts.requested():
                     stop_reason = "interrupted"
                     break
-                if run.budget_spent(t, elapsed(), counters.env_steps):
+                if run.budget_spent(t, m.elapsed(), counters.env_steps):
                     break
-                it_start = time.perf_counter()
-                before = backend.traffic.snapshot()
-                n_eval = run.eval_episodes if t % run.eval_every == 0 else 0
-                work = es.tasks(t, cfg.population, n_eval, workers, cfg.chunk, getattr(backend, "task_tail", 64))
-                results = es.gather(backend.run(work), cfg.population, n_eval)
-                eval_return = float(results.eval_returns.mean()) if n_eval else None
-                counters.env_steps += int(results.lengths.sum() + results.eval_lengths.sum())
-                counters.episodes += cfg.population + n_eval
-                hit = eval_return is not None and target is not None and eval_return >= target
-                if eval_return is not None and math.isfinite(eval_return):
-                    best = counters.best_eval_return
-                    counters.best_eval_return = eval_return if best is None else max(best, eval_return)
-                if hit and not solved:
-                    solved = True
-                    counters.time_to_threshold_s = elapsed()
-                update, nonfinite = es.make_update(cfg, t, results, spec.max_episode_steps)
-                finishing = hit and run.stop_on_solve
-                step_cap = master.step_cap
-                update_norm = None
-                if not finishing:
-                    backend.broadcast(update)
-                    update_norm = master.apply(update)
-                    if master.iteration % run.verify_every == 0:
-                        backend.verify(master.digest())
-                traffic = backend.traffic.since(before)
-                wall = time.perf_counter() - it_start
-                finite = results.returns[np.isfinite(results.returns)]
-                last = {
-                    "iteration": t,
-                    "wall_s": elapsed(),
-                    "iteration_s": wall,
-                    "env_steps": counters.env_steps,
-                    "episodes": counters.episodes,
-                    "return_mean": float(finite.mean()) if finite.size else None,
-                    "return_max": float(finite.max()) if finite.size else None,
-                    "return_min": float(finite.min()) if finite.size else None,
-                    "eval_return": eval_return,
-                    "unperturbed_rank": None if eval_return is None else es.unperturbed_rank(results.returns, eval_return),
-                    "update_norm": update_norm,
-                    "step_cap": step_cap,
-                    "nonfinite_returns": nonfinite,
-                    "steps_per_s": int(results.lengths.sum() + results.eval_lengths.sum()) / wall,
-                    "bytes_sent": dict(traffic.sent),
-                    "bytes_received": dict(traffic.received),
-                    "bytes_sent_total": sum(traffic.sent.values()),
-                    "bytes_received_total": sum(traffic.received.values()),
-                    "messages": traffic.messages,
-                    "compute_s": traffic.compute_s,
-                    "wait_s": max(0.0, wall * backend.live_workers - traffic.compute_s),
-                    "live_workers": backend.live_workers,
-                    "events": [dict(e) for e in backend.events],
-                }
-                backend.events.clear()
-                rd.append_metrics(last)
-                progress.update(last, run.max_seconds, run.max_iterations)
-                if finishing:
+                ev = m.evaluate(play(master)) if m.due() else None  # workers are idle between iterations
+                if ev is not None and ev.first:
+                    threshold_play = play(master)
+                    save_checkpoint(rd.path / "threshold")
+                if ev is not None and ev.hit and run.stop_on_solve:
+                    last = {"iteration": t, "wall_s": m.elapsed(), "training_s": m.training_s(),
+                            "env_steps": counters.env_steps, "episodes": counters.episodes,
+                            "eval_env_steps": counters.eval_env_steps, "eval_episodes": counters.eval_episodes,
+                            "eval_return": ev.mean}
+                    rd.append_metrics(last)
                     stop_reason = "solved"
                     break
+                last = _iteration(t, ev, master, backend, cfg, run, spec, workers, m)
+                rd.append_metrics(last)
+                progress.update(last, run.max_seconds, run.max_iterations)
                 if master.iteration % run.checkpoint_every == 0:
                     save_checkpoint()
         except KeyboardInterrupt:
@@ -212,22 +150,20 @@ def train(run: RunConfig, cfg: ESConfig, overwrite: bool = False, resume: bool =
             progress.close()
     if not hard_stop:
         save_checkpoint()
+    m.stop_clock()  # the confirmation is outside the timed run
+    if m.solved and counters.confirmed_return is None and run.confirm_episodes:
+        m.confirm(threshold_play or play(_threshold_replica(setup, rd.path / "threshold", master.dim)))
     summary = {
         "algorithm": ALGORITHM,
         "env": run.env,
         "seed": run.seed,
         "backend": run.backend,
         "workers": workers,
-        "target_return": target,
-        "solved": solved,
-        "time_to_threshold_s": counters.time_to_threshold_s,
+        "sync": "scalars",
         "stop_reason": stop_reason,
-        "iterations": master.iteration + (1 if stop_reason == "solved" else 0),
-        "env_steps": counters.env_steps,
-        "episodes": counters.episodes,
-        "wall_s": elapsed(),
+        "iterations": master.iteration,
+        **m.summary(backend.traffic, getattr(backend, "transport", run.backend)),
         "final_eval_return": last.get("eval_return"),
-        "best_eval_return": counters.best_eval_return,
         "num_params": master.dim,
     }
     if run.backend == "vectorized":  # memory is bounded by chunking the population: the largest batch it held
@@ -236,3 +172,66 @@ def train(run: RunConfig, cfg: ESConfig, overwrite: bool = False, resume: bool =
     if stop_reason == "interrupted":
         raise KeyboardInterrupt
     return summary
+
+
+def _iteration(t: int, ev: protocol.Evaluation | None, master: es.ESReplica, backend: Backend, cfg: ESConfig,
+               run: RunConfig, spec: Any, workers: int, m: Measurement) -> dict[str, Any]:
+    """One generation: tasks out, scalars back, the shaped broadcast applied; its metrics line."""
+    counters = m.counters
+    it_start = time.perf_counter()
+    before = backend.traffic.snapshot()
+    work = es.tasks(t, cfg.population, workers, cfg.chunk, getattr(backend, "task_tail", 64))
+    results = es.gather(backend.run(work), cfg.population)
+    steps = int(results.lengths.sum())
+    counters.env_steps += steps
+    counters.episodes += cfg.population
+    update, nonfinite = es.make_update(cfg, t, results, spec.max_episode_steps)
+    step_cap = master.step_cap
+    backend.broadcast(update)
+    update_norm = master.apply(update)
+    if master.iteration % run.verify_every == 0:
+        backend.verify(master.digest())
+    traffic = backend.traffic.since(before)
+    wall = time.perf_counter() - it_start
+    finite = results.returns[np.isfinite(results.returns)]
+    line = {
+        "iteration": t,
+        "wall_s": m.elapsed(),
+        "training_s": m.training_s(),
+        "iteration_s": wall,
+        "env_steps": counters.env_steps,
+        "episodes": counters.episodes,
+        "eval_env_steps": counters.eval_env_steps,
+        "eval_episodes": counters.eval_episodes,
+        "return_mean": float(finite.mean()) if finite.size else None,
+        "return_max": float(finite.max()) if finite.size else None,
+        "return_min": float(finite.min()) if finite.size else None,
+        "eval_return": None if ev is None else ev.mean,
+        "unperturbed_rank": None if ev is None else es.unperturbed_rank(results.returns, ev.mean),
+        "update_norm": update_norm,
+        "step_cap": step_cap,
+        "nonfinite_returns": nonfinite,
+        "steps_per_s": steps / wall,
+        "bytes_sent": dict(traffic.sent),
+        "bytes_received": dict(traffic.received),
+        "bytes_sent_total": sum(traffic.sent.values()),
+        "bytes_received_total": sum(traffic.received.values()),
+        "messages": traffic.messages,
+        "compute_s": traffic.compute_s,
+        "wait_s": max(0.0, wall * backend.live_workers - traffic.compute_s),
+        "live_workers": backend.live_workers,
+        "events": [dict(e) for e in backend.events],
+    }
+    backend.events.clear()
+    return line
+
+
+def _threshold_replica(setup: es.ESSetup, directory: Any, dim: int) -> es.ESReplica:
+    """The replica saved when the target was first reached (a resumed run confirms it from disk)."""
+    replica = setup.build()
+    manifest = checkpoint.latest(directory)
+    if manifest is None:
+        raise InputError("run_dir", f"{directory} holds no threshold checkpoint to confirm")
+    tensors, meta = checkpoint.load(manifest, ALGORITHM, {"theta": (dim,)})
+    replica.set_state({**tensors, **meta["meta"]["scalars"]})
+    return replica

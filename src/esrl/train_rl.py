@@ -1,33 +1,34 @@
 """The training loop of the asynchronous algorithms (A3C, DQN, Dyna-Q).
 
-Workers update a parameter store on their own; this loop gathers their reports, and every
-`report_every` global updates (an "iteration") writes a metrics line, evaluates the global
-policy every `eval_every` iterations, checkpoints, and stops on solve, budget or failure.
+Workers update a parameter store on their own; this loop gathers their reports, writes a
+metrics line (an "iteration") every `report_every` global updates and at every evaluation,
+evaluates the global policy on the schedule of esrl.protocol (every `eval_every_steps`
+training env steps, workers paused), checkpoints, and stops on solve, budget or failure.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from esrl import __version__, envs, seeding
+from esrl import __version__, envs
 from esrl.backends import default_workers
 from esrl.backends.pool import ProcessPool, SerialPool, WorkerFailure, context
 from esrl.config import RunConfig, check_combination, to_dict
 from esrl.errors import InputError
 from esrl.progress import Progress
+from esrl.protocol import Counters, Measurement, resolve_target
 from esrl.rl import nets
 from esrl.rl.common import Report, optim_spec
 from esrl.rl.device_pool import device_arrangement, make_arrangement
 from esrl.runs import checkpoint, interrupts
 from esrl.runs.rundir import RunDir
 from esrl.stores import make_store
-from esrl.train import Counters, resolve_target
 
 
 def setup_for(algo: str, cfg: Any, spec: envs.EnvSpec, seed: int) -> Any:
@@ -118,21 +119,20 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
         pool = ProcessPool(setup, store, workers, ctx, max_restarts)
     if loaded is not None:
         store.load(*loaded)
-    offset = counters.elapsed_s
     start_version = loaded[2] if loaded else 0
+    m = Measurement(run, target, counters, t_start)
 
-    def elapsed() -> float:
-        return offset + time.perf_counter() - t_start
-
-    def save_checkpoint(snap: tuple[torch.Tensor, dict[str, torch.Tensor], int], iteration: int) -> None:
+    def save_checkpoint(snap: tuple[torch.Tensor, dict[str, torch.Tensor], int], iteration: int,
+                        directory: Path | None = None) -> None:
         p, st, version = snap
-        checkpoint.save(rd.checkpoints, algo, version, {"params": p.numpy(), "opt_m": st["m"].numpy(),
-                        "opt_v": st["v"].numpy()},
-                        {"version": version, "iteration": iteration,
-                         "counters": dataclasses.asdict(dataclasses.replace(counters, elapsed_s=elapsed()))})
+        checkpoint.save(rd.checkpoints if directory is None else directory, algo, version,
+                        {"params": p.numpy(), "opt_m": st["m"].numpy(), "opt_v": st["v"].numpy()},
+                        {"version": version, "iteration": iteration, "counters": m.checkpoint_counters(pool.traffic)})
+
+    def play(params: torch.Tensor) -> Any:
+        return lambda seeds: setup.evaluate(params, seeds)
 
     progress = Progress(show_progress)
-    solved = counters.time_to_threshold_s is not None
     updates = start_version
     next_line = (updates // cfg.report_every + 1) * cfg.report_every
     interval = Report()
@@ -140,6 +140,7 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
     before = pool.traffic.snapshot()
     last: dict[str, Any] = {}
     stop_reason, failure = "budget", None
+    threshold_params: torch.Tensor | None = None
     hard_stop = False
     with interrupts.deferred():
         try:
@@ -150,38 +151,34 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
                     updates += rep.updates
                     counters.env_steps += rep.env_steps
                     counters.episodes += len(rep.returns)
-                if updates >= next_line:
+                evaluate = m.due()
+                if updates >= next_line or evaluate:
                     next_line = (updates // cfg.report_every + 1) * cfg.report_every  # reports may carry many
-                    n_eval = run.eval_episodes if iteration % run.eval_every == 0 else 0
-                    snap = store.snapshot()
-                    eval_return = None
-                    if n_eval:
-                        seeds = seeding.rng(run.seed, "eval_seeds", iteration).integers(0, 2**31 - 1, size=n_eval)
-                        rets, _lens = setup.evaluate(snap[0], seeds)
-                        eval_return = float(rets.mean())
-                        if math.isfinite(eval_return):
-                            best = counters.best_eval_return
-                            counters.best_eval_return = eval_return if best is None else max(best, eval_return)
-                    hit = eval_return is not None and target is not None and eval_return >= target
-                    if hit and not solved:
-                        solved = True
-                        counters.time_to_threshold_s = elapsed()
+                    wall = time.perf_counter() - it_start  # the interval's training time, before any evaluation
+                    ev = None
+                    if evaluate:
+                        getattr(pool, "pause", lambda: None)()  # TEMP no worker starts an update while the policy is evaluated
+                        snap = store.snapshot()
+                        ev = m.evaluate(play(snap[0]))
+                        if ev.first:
+                            threshold_params = snap[0].clone()
+                            save_checkpoint(snap, iteration, rd.path / "threshold")
+                        if not (ev.hit and run.stop_on_solve):
+                            getattr(pool, "resume", lambda: None)()  # TEMP
                     traffic = pool.traffic.since(before)
-                    wall = time.perf_counter() - it_start
-                    last = _metrics_line(iteration, elapsed(), wall, counters, interval, eval_return, pool, traffic,
-                                         updates)
+                    last = _metrics_line(iteration, m, wall, interval, ev, pool, traffic, updates)
                     pool.events.clear()
                     pool.staleness.clear()
                     rd.append_metrics(last)
                     progress.update(last, run.max_seconds, run.max_iterations)
                     iteration += 1
-                    if iteration % run.checkpoint_every == 0 or (hit and run.stop_on_solve):
-                        save_checkpoint(snap, iteration)
+                    if iteration % run.checkpoint_every == 0:
+                        save_checkpoint(store.snapshot(), iteration)
                     interval, it_start, before = Report(), time.perf_counter(), pool.traffic.snapshot()
-                    if hit and run.stop_on_solve:
+                    if ev is not None and ev.hit and run.stop_on_solve:
                         stop_reason = "solved"
                         break
-                if run.budget_spent(iteration, elapsed(), counters.env_steps):
+                if run.budget_spent(iteration, m.elapsed(), counters.env_steps):
                     break
                 if interrupts.requested():
                     stop_reason = "interrupted"
@@ -196,16 +193,18 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
                 updates += rep.updates
                 counters.env_steps += rep.env_steps
                 counters.episodes += len(rep.returns)
-    if failure is None and stop_reason != "solved" and not hard_stop:
+    if failure is None and not hard_stop:
         save_checkpoint(store.snapshot(), iteration)
     store.close()
+    m.stop_clock()  # the confirmation is outside the timed run
+    if m.solved and counters.confirmed_return is None and run.confirm_episodes:
+        m.confirm(play(threshold_params if threshold_params is not None
+                       else _threshold_params(algo, rd.path / "threshold", tuple(params.shape))))
     summary = {
         "algorithm": algo, "env": run.env, "seed": run.seed, "backend": run.backend, "workers": workers,
-        "sync": "serial" if serial else cfg.sync, "target_return": target, "solved": solved,
-        "time_to_threshold_s": counters.time_to_threshold_s, "stop_reason": stop_reason, "iterations": iteration,
-        "updates": updates, "env_steps": counters.env_steps, "episodes": counters.episodes, "wall_s": elapsed(),
-        "final_eval_return": last.get("eval_return"), "best_eval_return": counters.best_eval_return,
-        "num_params": int(params.numel()), "error": failure,
+        "sync": "serial" if serial else cfg.sync, "stop_reason": stop_reason, "iterations": iteration,
+        "updates": updates, **m.summary(pool.traffic, getattr(pool, "transport", run.backend)),
+        "final_eval_return": last.get("eval_return"), "num_params": int(params.numel()), "error": failure,
     }
     rd.write_json("summary.json", summary)
     if stop_reason == "interrupted":
@@ -215,18 +214,29 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
     return summary
 
 
-def _metrics_line(iteration: int, wall_s: float, it_s: float, counters: Counters, rep: Report,
-                  eval_return: float | None, pool: Any, traffic: Any, updates: int) -> dict[str, Any]:
+def _threshold_params(algo: str, directory: Path, shape: tuple[int, ...]) -> torch.Tensor:
+    """The parameters saved when the target was first reached (a resumed run confirms them from disk)."""
+    manifest = checkpoint.latest(directory)
+    if manifest is None:
+        raise InputError("run_dir", f"{directory} holds no threshold checkpoint to confirm")
+    tensors, _ = checkpoint.load(manifest, algo, {"params": shape})
+    return torch.from_numpy(tensors["params"])
+
+
+def _metrics_line(iteration: int, m: Measurement, it_s: float, rep: Report, ev: Any, pool: Any, traffic: Any,
+                  updates: int) -> dict[str, Any]:
     st = np.asarray(pool.staleness, float)
     rets = np.asarray(rep.returns, float)
     workers = pool.live_workers
+    c = m.counters
     return {
-        "iteration": iteration, "wall_s": wall_s, "iteration_s": it_s, "updates": updates,
-        "env_steps": counters.env_steps, "episodes": counters.episodes,
+        "iteration": iteration, "wall_s": m.elapsed(), "training_s": m.training_s(), "iteration_s": it_s,
+        "updates": updates, "env_steps": c.env_steps, "episodes": c.episodes, "eval_env_steps": c.eval_env_steps,
+        "eval_episodes": c.eval_episodes,
         "return_mean": float(rets.mean()) if rets.size else None,
         "return_max": float(rets.max()) if rets.size else None,
         "return_min": float(rets.min()) if rets.size else None,
-        "eval_return": eval_return,
+        "eval_return": None if ev is None else ev.mean,
         "updates_per_s": rep.updates / it_s if it_s > 0 else None,
         "steps_per_s": rep.env_steps / it_s if it_s > 0 else 0.0,
         "staleness_mean": float(st.mean()) if st.size else None,

@@ -57,8 +57,6 @@ class Results:
 
     returns: np.ndarray
     lengths: np.ndarray
-    eval_returns: np.ndarray
-    eval_lengths: np.ndarray
     obs: list[tuple[int, np.ndarray, np.ndarray, int]] = field(default_factory=list)
 
 
@@ -96,17 +94,12 @@ class ESReplica:
         return self.obstat.normalizer()
 
     def run(self, task: tuple[str, int, int, int]) -> dict[str, Any]:
-        """Evaluate ('pop', t, lo, hi): members lo..hi-1, or ('eval', t, lo, hi): noiseless episodes."""
+        """Evaluate ('pop', t, lo, hi): the episodes of members lo..hi-1 of iteration t."""
         kind, t, lo, hi = task
         if t != self.iteration:
             raise RuntimeError(f"replica at iteration {self.iteration} asked to evaluate iteration {t}")
         seed, n = self.setup.seed, self.cfg.population
         mean, inv_std = self.normalizer()
-        if kind == "eval":
-            seeds = seeding.rng(seed, "eval_seeds", t).integers(0, 2**31 - 1, size=hi)[lo:hi]
-            params = np.repeat(self.theta[None], hi - lo, axis=0)
-            ep = run_episodes(self.envs_for(hi - lo), self.policy, params, seeds, 1 << 62, mean, inv_std)
-            return {"kind": kind, "lo": lo, "returns": ep.returns, "lengths": ep.lengths}
         members = np.arange(lo, hi)
         seeds = episode_seeds(seed, t, n)[lo:hi]
         record = obs_record_mask(seed, t, n, self.cfg.obs_norm_fraction if self.obs_norm else 0.0)[lo:hi]
@@ -128,6 +121,22 @@ class ESReplica:
                 obs.append((int(i), ep.obs_sum[k], ep.obs_sumsq[k], int(ep.obs_count[k])))
         return {"kind": kind, "lo": lo, "returns": np.concatenate(returns), "lengths": np.concatenate(lengths),
                 "obs": obs}
+
+    def greedy_act(self) -> Any:
+        """The noiseless policy of the current state, for `protocol.play_episodes`: flat obs (B, size) -> B actions.
+
+        Rows are acted one by one, so an action never depends on how many envs share the batch.
+        """
+        pol, spec = self.policy, self.setup.spec
+        mean, inv_std = self.normalizer()
+        prepared = pol.split(self.theta.copy()[None])  # once: the CNN's VBN statistics come from a reference pass
+
+        def act(obs: np.ndarray) -> np.ndarray:
+            x = pol.preprocess(obs.reshape(len(obs), *spec.obs_shape) if spec.image else obs)
+            return np.concatenate([pol.to_actions(pol.forward(prepared, x[i : i + 1], mean, inv_std))
+                                   for i in range(len(x))])
+
+        return act
 
     def member_params(self, members: np.ndarray) -> np.ndarray:
         """theta + sigma * eps_i for each member (rows)."""
@@ -232,19 +241,15 @@ def obs_record_mask(seed: int, t: int, population: int, fraction: float) -> np.n
     return seeding.rng(seed, "obs_record", t).random(population) < fraction
 
 
-def tasks(t: int, population: int, eval_episodes: int, workers: int, chunk: int = 0, tail: int = 64
-          ) -> list[tuple[str, int, int, int]]:
-    """The work of iteration t, in the order it should be handed out: contiguous ranges.
+def tasks(t: int, population: int, workers: int, chunk: int = 0, tail: int = 64) -> list[tuple[str, int, int, int]]:
+    """The work of iteration t, in the order it should be handed out: contiguous member ranges.
 
-    Evaluation episodes (the longest, as the centre usually beats its perturbations) go
-    first, one range per worker. Members follow in guided self-scheduling: each range is
-    1/workers of what is left, so early ranges are large (cheap batched steps) and the last
-    are small (workers finish together). `chunk` > 0 fixes the range size instead.
+    Guided self-scheduling: each range is 1/workers of what is left, so early ranges are
+    large (cheap batched steps) and the last are small (workers finish together). `chunk` > 0
+    fixes the range size instead. Evaluation is not a task: the coordinator plays it
+    (esrl.protocol), as it does for every algorithm.
     """
     out: list[tuple[str, int, int, int]] = []
-    if eval_episodes:
-        step = math.ceil(eval_episodes / workers)
-        out += [("eval", t, lo, min(lo + step, eval_episodes)) for lo in range(0, eval_episodes, step)]
     smallest = max(2, population // (tail * workers))  # a backend with costly messages asks for a shorter tail
     lo = 0
     while lo < population:
@@ -254,19 +259,14 @@ def tasks(t: int, population: int, eval_episodes: int, workers: int, chunk: int 
     return out
 
 
-def gather(results: list[dict[str, Any]], population: int, eval_episodes: int) -> Results:
+def gather(results: list[dict[str, Any]], population: int) -> Results:
     """Merge task results, keyed by member, into member order."""
-    r = Results(np.full(population, np.nan), np.zeros(population, np.int64),
-                np.full(eval_episodes, np.nan), np.zeros(eval_episodes, np.int64))
+    r = Results(np.full(population, np.nan), np.zeros(population, np.int64))
     for res in results:
         lo, n = res["lo"], len(res["returns"])
-        if res["kind"] == "pop":
-            r.returns[lo : lo + n] = res["returns"]
-            r.lengths[lo : lo + n] = res["lengths"]
-            r.obs.extend(res["obs"])
-        else:
-            r.eval_returns[lo : lo + n] = res["returns"]
-            r.eval_lengths[lo : lo + n] = res["lengths"]
+        r.returns[lo : lo + n] = res["returns"]
+        r.lengths[lo : lo + n] = res["lengths"]
+        r.obs.extend(res["obs"])
     r.obs.sort(key=lambda o: o[0])
     return r
 

@@ -307,45 +307,32 @@ class ESTorchReplica(ESReplica):
                 "obs": [(int(i), obs_sum[i].cpu().numpy(), obs_sq[i].cpu().numpy(), int(obs_n[i])) for i in recorded]}
 
     def run(self, task: tuple[str, int, int, int]) -> dict[str, Any]:
-        """Evaluation and population of iteration t are one batch: the first task of t runs both."""
+        """The population of iteration t is one batch: the first task of t runs it, the rest read it."""
         kind, t, lo, hi = task
         if t != self.iteration:
             raise RuntimeError(f"replica at iteration {self.iteration} asked to evaluate iteration {t}")
-        if self._cache_t != t or (kind == "eval" and len(self._cache["eval"]["returns"]) < hi):
-            self._evaluate_iteration(t, hi if kind == "eval" else 0)
-        rows = self._cache[kind]
-        out: dict[str, Any] = {"kind": kind, "lo": lo, "returns": rows["returns"][lo:hi],
-                               "lengths": rows["lengths"][lo:hi]}
-        if kind == "pop":
-            out["obs"] = [o for o in rows["obs"] if lo <= o[0] < hi]
-        return out
+        if self._cache_t != t:
+            self._evaluate_iteration(t)
+        rows = self._cache["pop"]
+        return {"kind": kind, "lo": lo, "returns": rows["returns"][lo:hi], "lengths": rows["lengths"][lo:hi],
+                "obs": [o for o in rows["obs"] if lo <= o[0] < hi]}
 
-    def _evaluate_iteration(self, t: int, n_eval: int) -> None:
+    def _evaluate_iteration(self, t: int) -> None:
         seed, n = self.setup.seed, self.cfg.population
         record = obs_record_mask(seed, t, n, self.cfg.obs_norm_fraction if self.cfg.obs_norm else 0.0)
-        theta = torch.from_numpy(self.theta).to(self.device)
         per_chunk = max(1, MAX_BATCH_FLOATS // self.dim)
         pop: dict[str, Any] = {"returns": np.zeros(n), "lengths": np.zeros(n, np.int64), "obs": []}
-        ev: dict[str, Any] = {"returns": np.zeros(n_eval), "lengths": np.zeros(n_eval, np.int64)}
         use_numpy = (self.device.type == "cpu" and self.setup.spec.env_id in NUMPY_ENVS
                      and self.engine == "auto")
         for s in range(0, max(n, 1), per_chunk):
             m = np.arange(s, min(n, s + per_chunk))
-            e = n_eval if s == 0 else 0  # the evaluation episodes ride along with the first chunk
             chunk_seed = seeding.derive_int(seed, "vector_episodes", t, s)
-            rec = np.concatenate([np.zeros(e, bool), record[m]])
+            rec = record[m]
             if use_numpy:
-                caps_np = np.concatenate([np.full(e, 1 << 62), np.full(len(m), int(self.step_cap))])
-                out = self._rollout_np(np.concatenate([np.repeat(self.theta[None], e, 0), self.member_params(m)]),
-                                       chunk_seed, caps_np, rec)
+                out = self._rollout_np(self.member_params(m), chunk_seed, np.full(len(m), int(self.step_cap)), rec)
             else:
-                params = torch.cat([theta[None].expand(e, -1), self._params(m, t)])
-                caps = torch.cat([torch.full((e,), 1 << 62), torch.full((len(m),), int(self.step_cap))])
-                out = self._rollout(params, chunk_seed, caps, rec)
-            ev_slice = slice(0, e)
-            if e:
-                ev["returns"][:], ev["lengths"][:] = out["returns"][ev_slice], out["lengths"][ev_slice]
-            pop["returns"][m], pop["lengths"][m] = out["returns"][e:], out["lengths"][e:]
-            pop["obs"] += [(int(m[i - e]), a, b, c) for i, a, b, c in out["obs"]]
-        self._cache = {"eval": ev, "pop": pop}
+                out = self._rollout(self._params(m, t), chunk_seed, torch.full((len(m),), int(self.step_cap)), rec)
+            pop["returns"][m], pop["lengths"][m] = out["returns"], out["lengths"]
+            pop["obs"] += [(int(m[i]), a, b, c) for i, a, b, c in out["obs"]]
+        self._cache = {"pop": pop}
         self._cache_t = t

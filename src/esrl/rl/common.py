@@ -98,25 +98,8 @@ class EnvSlots:
 
 def evaluate_greedy(spec: EnvSpec, act: Callable[[torch.Tensor], np.ndarray], seeds: np.ndarray
                     ) -> tuple[np.ndarray, np.ndarray]:
-    """Returns and lengths of one episode per seed, all envs stepped together, `act` batched."""
-    n = len(seeds)
-    env_list = [envs.lean(envs.make_env(envs.whole_episodes(spec))) for _ in range(n)]
-    obs = np.stack([np.asarray(e.reset(seed=int(s))[0], np.float32).reshape(-1)
-                    for e, s in zip(env_list, seeds, strict=True)])
-    returns, lengths = np.zeros(n), np.zeros(n, np.int64)
-    active = list(range(n))
+    """Returns and lengths of one episode per seed, `act` batched: esrl.protocol's episodes, as for ES."""
+    from esrl import protocol
+
     with torch.no_grad():
-        while active:
-            actions = act(torch.from_numpy(obs[active]))
-            still = []
-            for j, i in enumerate(active):
-                o, r, term, trunc, _ = env_list[i].step(actions[j])
-                returns[i] += r
-                lengths[i] += 1
-                obs[i] = np.asarray(o, np.float32).reshape(-1)
-                if not (term or trunc or lengths[i] >= spec.max_episode_steps):
-                    still.append(i)
-            active = still
-    for e in env_list:
-        e.close()
-    return returns, lengths
+        return protocol.play_episodes(spec, lambda obs: act(torch.from_numpy(obs)), seeds)
