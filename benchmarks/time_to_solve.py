@@ -21,9 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +58,17 @@ def solve(algo: str, sync: str | None, env: str, target: float, seed: int, worke
         return train_rl(algo, run, cfg, show_progress=False)
 
 
+def _commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+                             cwd=Path(__file__).parent)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=Path(__file__).parent).stdout.strip()
+        return out.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def summarize(times: list[float]) -> tuple[int, float | None]:
     med = statistics.median(times)
     return sum(math.isfinite(t) for t in times), (med if math.isfinite(med) else None)
@@ -78,6 +92,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.max_seconds = 1, 12.0
+    emit(bench="time_to_solve_meta", commit=_commit(), date=time.strftime("%Y-%m-%d"), cpus=os.cpu_count(),
+         load_avg_1m=os.getloadavg()[0], backend=args.backend, seeds=args.seeds, max_seconds=args.max_seconds)
 
     configs: list[tuple[str, str | None, int]] = []
     for algo in args.algos.split(","):
@@ -96,7 +112,8 @@ def main() -> None:
                 s = solve(algo, sync, args.env, args.target, seed, workers, args.max_seconds, args.backend,
                           args.device, args.population)
             emit(bench="time_to_solve", algo=algo, sync=sync, env=args.env, target=args.target, workers=workers,
-                 seed=seed, solved=s["solved"], confirmed=s.get("confirmed"), confirmed_return=s.get("confirmed_return"),
+                 backend=args.backend if algo == "es" else ("in-process" if algo.startswith("sb3-") else "processes"),
+                 seed=seed, env_steps_to_threshold=s.get("env_steps_to_threshold"), solved=s["solved"], confirmed=s.get("confirmed"), confirmed_return=s.get("confirmed_return"),
                  time_to_threshold_s=s["time_to_threshold_s"], env_steps=s.get("env_steps"), wall_s=s["wall_s"],
                  best_eval_return=s.get("best_eval_return"))
             times[(algo, sync, workers)].append(s["time_to_threshold_s"] if s.get("confirmed") else math.inf)
