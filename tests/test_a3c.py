@@ -122,17 +122,21 @@ def test_serial_backend_is_exactly_reproducible(tmp_path):
 @pytest.mark.parametrize("sync", ["hogwild", "lock", "param-server"])
 def test_step_count_equals_updates_applied_and_metrics(tmp_path, sync):
     d = tmp_path / sync
-    summary = train_rl("a3c", run_cfg(d, max_iterations=3), tiny(sync=sync, shards=2), show_progress=False)
+    # one line for the evaluation of the initial policy, then one per report_every updates
+    summary = train_rl("a3c", run_cfg(d, max_iterations=4, eval_every_steps=10**9), tiny(sync=sync, shards=2),
+                       show_progress=False)
     manifest = json.loads(sorted((d / "checkpoints").glob("*.json"))[-1].read_text())
     assert manifest["meta"]["version"] == summary["updates"] >= 60
     lines = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
-    assert [m["iteration"] for m in lines] == [0, 1, 2]
-    for m in lines:
+    assert [m["iteration"] for m in lines] == [0, 1, 2, 3]
+    assert lines[0]["eval_return"] is not None and all(m["eval_return"] is None for m in lines[1:])
+    assert summary["messages_total"] >= 2 * summary["updates"]  # every pull and every push is a message
+    for m in lines[1:]:
         assert m["bytes_sent"]["gradients"] > 0 and m["bytes_received"]["parameters"] > 0
         assert m["staleness_mean"] is not None and m["live_workers"] == 2 and m["updates_per_s"] > 0
     # parameters and gradients move whole: about 4 bytes per parameter per update each way
     n = summary["num_params"]
-    total = sum(m["bytes_sent"]["gradients"] for m in lines)
+    total = sum(m["bytes_sent"]["gradients"] for m in lines[1:])
     assert total >= 4 * n * (lines[-1]["updates"] - 20)
 
 
@@ -188,5 +192,5 @@ def test_box_actions_learn_on_pendulum_without_error(tmp_path):
     setup = A3CSetup(tiny(), spec, seed=0)
     rets, _ = setup.evaluate(nets.get_flat(setup.build_model()), np.array([1, 2]))
     assert rets.shape == (2,) and np.all(rets < 0)
-    s = train_rl("a3c", run_cfg(tmp_path / "p", env="Pendulum-v1", max_iterations=2), tiny(), show_progress=False)
+    s = train_rl("a3c", run_cfg(tmp_path / "p", env="Pendulum-v1", max_iterations=3), tiny(), show_progress=False)
     assert s["updates"] >= 40

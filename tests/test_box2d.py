@@ -23,7 +23,7 @@ def test_es_and_a3c_run(tmp_path, env):
                     target_return=1e9, run_dir=str(tmp_path / "es"), max_episode_steps=30)
     s = train(run, ESConfig(population=4, vbn_batch=8, noise_table_size=1 << 21), show_progress=False)
     assert s["env_steps"] <= 5 * 30 and s["iterations"] == 1 and np.isfinite(s["final_eval_return"])
-    s = train_rl("a3c", dataclasses.replace(run, run_dir=str(tmp_path / "a3c")),
+    s = train_rl("a3c", dataclasses.replace(run, run_dir=str(tmp_path / "a3c"), max_iterations=2),
                  A3CConfig(report_every=3, envs_per_worker=1), show_progress=False)
     assert s["updates"] >= 3 and s["error"] is None
 

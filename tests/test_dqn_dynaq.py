@@ -82,11 +82,14 @@ def test_per_worker_final_epsilon():
 @pytest.mark.parametrize(("sync", "replay"), [("hogwild", "local"), ("lock", "global"), ("param-server", "local")])
 def test_dqn_sync_modes_run_and_count(tmp_path, sync, replay):
     d = tmp_path / sync
-    s = train_rl("dqn", run_cfg(d), tiny_dqn(sync=sync, replay=replay, shards=2), show_progress=False)
+    # the first line is the initial policy's evaluation, then one line per report_every updates
+    s = train_rl("dqn", run_cfg(d, max_iterations=4, eval_every_steps=10**9), tiny_dqn(sync=sync, replay=replay,
+                 shards=2), show_progress=False)
     manifest = json.loads(sorted((d / "checkpoints").glob("*.json"))[-1].read_text())
     assert manifest["meta"]["version"] == s["updates"] >= 150
+    assert s["messages_total"] >= 2 * s["updates"]  # every pull and every push is a message
     lines = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
-    assert all(m["bytes_sent"]["gradients"] > 0 and m["staleness_mean"] is not None for m in lines)
+    assert all(m["bytes_sent"]["gradients"] > 0 and m["staleness_mean"] is not None for m in lines[1:])
 
 
 def test_dqn_serial_is_reproducible(tmp_path):

@@ -123,11 +123,14 @@ def test_ray_store_applies_versions_and_counts_like_the_server_processes():
 
 def test_a3c_on_ray_counts_every_update_and_its_bytes(tmp_path):
     d = tmp_path / "a3c"
-    summary = train_rl("a3c", run_cfg(d), tiny_a3c(shards=2), show_progress=False)
+    # the initial policy's evaluation, then one line per report_every updates
+    summary = train_rl("a3c", run_cfg(d, max_iterations=4, eval_every_steps=10**9), tiny_a3c(shards=2),
+                       show_progress=False)
     manifest = json.loads(sorted((d / "checkpoints").glob("*.json"))[-1].read_text())
     assert manifest["meta"]["version"] == summary["updates"] >= 60  # every counted update was applied
-    lines = _lines(d)
-    assert [m["iteration"] for m in lines] == [0, 1, 2] and summary["sync"] == "param-server"
+    assert summary["messages_total"] >= 2 * summary["updates"] and summary["transport"] == "ray"
+    lines = _lines(d)[1:]
+    assert [m["iteration"] for m in lines] == [1, 2, 3] and summary["sync"] == "param-server"
     for m in lines:
         assert m["bytes_sent"]["gradients"] > 0 and m["bytes_received"]["parameters"] > 0
         assert m["staleness_mean"] is not None and m["live_workers"] == 2

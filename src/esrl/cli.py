@@ -15,7 +15,7 @@ from esrl.errors import InputError
 
 # settings a resumed run may change: budgets and where it runs, never the algorithm's maths
 RUN_ONLY_OVERRIDES = ("backend", "workers", "max_seconds", "max_iterations", "max_env_steps", "checkpoint_every",
-                      "verify_every", "eval_every", "stop_on_solve")
+                      "verify_every", "eval_every_steps", "confirm_episodes", "stop_on_solve")
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -56,19 +56,24 @@ def _parser() -> argparse.ArgumentParser:
     rs.add_argument("--quiet", action="store_true", help="no progress display")
     _add_overrides(rs)
 
-    sw = sub.add_parser("sweep", help="run algorithms x workers x seeds; a restarted sweep skips finished runs")
-    sw.add_argument("--algos", help="comma-separated algorithms [default: es,a3c]")
+    sw = sub.add_parser("sweep", help="run arms (algo[:sync]) x workers x seeds; a restarted sweep skips finished runs")
+    sw.add_argument("--algos", help="comma-separated arms, algo[:sync]: es, a3c, dqn:lock, dqn:hogwild, "
+                    "a3c:param-server, ... (ES takes no sync) [default: es,a3c]")
     sw.add_argument("--env", help="Gymnasium id [default: CartPole-v1]")
     sw.add_argument("--workers", help="comma-separated worker counts [default: 1,2]")
-    sw.add_argument("--seeds", type=int, help="seeds 0..N-1 per combination [default: 3]")
-    sw.add_argument("--backend", choices=["serial", "processes"], help="[default: processes]")
+    sw.add_argument("--seeds", type=int, help="seeds 0..N-1 per combination; 5 or more give 95%% CIs [default: 3]")
+    sw.add_argument("--backend", choices=["serial", "processes", "ray", "vectorized"],
+                    help="[default: processes] (vectorized: ES only; ray: RL arms need param-server)")
+    sw.add_argument("--address", help="ray: cluster to join ('auto' or host:port) [default: a local instance]")
+    sw.add_argument("--device", choices=["cpu", "cuda", "auto"],
+                    help="vectorized backend and the RL device arrangements [default: auto]")
     sw.add_argument("--target-return", type=float, help="[default: the env's reward_threshold]")
     sw.add_argument("--max-seconds", type=float, help="budget per run [default: 60]")
-    sw.add_argument("--config", help="YAML/TOML file: the options above plus `settings: {algo: {key: value}}`")
+    sw.add_argument("--config", help="YAML/TOML file: the options above plus `settings: {algo or arm: {key: value}}`")
     sw.add_argument("--out", required=True, help="sweep directory")
     sw.add_argument("--quiet", action="store_true", help="no progress lines")
 
-    rp = sub.add_parser("report", help="write report.md, report.html and plots for a sweep directory")
+    rp = sub.add_parser("report", help="write report.md (verdict first), report.html, report.json and plots")
     rp.add_argument("sweep_dir", help="sweep directory")
     rp.add_argument("--bandwidth-gbit", type=float, default=1.0, help="scaling model: hub bandwidth [default: 1]")
     rp.add_argument("--latency-us", type=float, default=100.0, help="scaling model: latency per message [default: 100]")
@@ -147,7 +152,7 @@ def _sweep(args: argparse.Namespace) -> int:
         v = getattr(args, key)
         if v is not None:
             values[key] = v
-    for key in ("env", "seeds", "backend", "target_return", "max_seconds"):
+    for key in ("env", "seeds", "backend", "address", "device", "target_return", "max_seconds"):
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)
     if isinstance(values.get("algos"), str):
@@ -171,8 +176,12 @@ def _sweep(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from esrl.experiments.report import report
 
+    if not args.bandwidth_gbit > 0:
+        raise InputError("bandwidth_gbit", f"must be > 0, got {args.bandwidth_gbit}")
+    if not args.latency_us >= 0:
+        raise InputError("latency_us", f"must be >= 0, got {args.latency_us}")
     out = report(args.sweep_dir, bandwidth=args.bandwidth_gbit * 1e9 / 8, latency=args.latency_us * 1e-6)
-    print(f"report: {out['report_md']}\nreport: {out['report_html']}")
+    print(f"report: {out['report_md']}\nreport: {out['report_html']}\nreport: {out['report_json']}")
     return 0
 
 

@@ -50,6 +50,7 @@ class Counters:
     episodes_to_threshold: int | None = None
     threshold_return: float | None = None  # the evaluation mean that first reached the target
     best_eval_return: float | None = None
+    last_eval_return: float | None = None
     confirmed_return: float | None = None
     bytes_total: int = 0  # traffic of earlier sessions of a resumed run (this one's is added at the end)
     bytes_startup: int = 0
@@ -157,6 +158,7 @@ class Measurement:
         c.evaluations += 1
         c.next_eval_step = (c.env_steps // run.eval_every_steps + 1) * run.eval_every_steps
         mean = float(np.mean(returns))
+        c.last_eval_return = mean
         if math.isfinite(mean):
             c.best_eval_return = mean if c.best_eval_return is None else max(c.best_eval_return, mean)
         hit = self.target is not None and math.isfinite(mean) and mean >= self.target
@@ -207,6 +209,7 @@ class Measurement:
             "training_s": self.training_s(),
             "wall_s": self.elapsed(),
             "best_eval_return": c.best_eval_return,
+            "final_eval_return": c.last_eval_return,  # the newest evaluation's mean
             **totals,
             "bytes_per_env_step": steady / c.env_steps if c.env_steps else None,
             "transport": transport,

@@ -3,7 +3,7 @@
 A multiprocessing.Lock held by a process that is SIGKILLed stays held forever, and every
 other worker (and the coordinator) then blocks. `ProcessLock` is an flock on a temp file:
 the kernel releases it when its holder dies. `Counter` and `Flag` build on it and on raw
-shared memory.
+shared memory; `hold` is how a worker waits out a paused run.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import fcntl
 import os
 import tempfile
 import threading
+import time
 from typing import Any
 
 
@@ -107,8 +108,21 @@ class Flag:
     def set(self) -> None:
         self._raw.value = 1
 
+    def clear(self) -> None:
+        self._raw.value = 0
+
     def is_set(self) -> bool:
         return bool(self._raw.value)
+
+
+PAUSE_NAP_S = 0.002  # how often a paused worker looks at its flags again: a short nap, no lock, no syscall but sleep
+
+
+def hold(pause: Flag, stop: Flag) -> bool:
+    """Wait while `pause` is set (a worker between two updates); False once `stop` is set."""
+    while pause.is_set() and not stop.is_set():
+        time.sleep(PAUSE_NAP_S)
+    return not stop.is_set()
 
 
 def die_with_parent() -> None:

@@ -163,7 +163,6 @@ def train(run: RunConfig, cfg: ESConfig, overwrite: bool = False, resume: bool =
         "stop_reason": stop_reason,
         "iterations": master.iteration,
         **m.summary(backend.traffic, getattr(backend, "transport", run.backend)),
-        "final_eval_return": last.get("eval_return"),
         "num_params": master.dim,
     }
     if run.backend == "vectorized":  # memory is bounded by chunking the population: the largest batch it held

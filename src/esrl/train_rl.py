@@ -157,14 +157,14 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
                     wall = time.perf_counter() - it_start  # the interval's training time, before any evaluation
                     ev = None
                     if evaluate:
-                        getattr(pool, "pause", lambda: None)()  # TEMP no worker starts an update while the policy is evaluated
+                        pool.pause()  # no worker starts an update while the policy is evaluated
                         snap = store.snapshot()
                         ev = m.evaluate(play(snap[0]))
                         if ev.first:
                             threshold_params = snap[0].clone()
                             save_checkpoint(snap, iteration, rd.path / "threshold")
                         if not (ev.hit and run.stop_on_solve):
-                            getattr(pool, "resume", lambda: None)()  # TEMP
+                            pool.resume()
                     traffic = pool.traffic.since(before)
                     last = _metrics_line(iteration, m, wall, interval, ev, pool, traffic, updates)
                     pool.events.clear()
@@ -204,7 +204,7 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
         "algorithm": algo, "env": run.env, "seed": run.seed, "backend": run.backend, "workers": workers,
         "sync": "serial" if serial else cfg.sync, "stop_reason": stop_reason, "iterations": iteration,
         "updates": updates, **m.summary(pool.traffic, getattr(pool, "transport", run.backend)),
-        "final_eval_return": last.get("eval_return"), "num_params": int(params.numel()), "error": failure,
+        "num_params": int(params.numel()), "error": failure,
     }
     rd.write_json("summary.json", summary)
     if stop_reason == "interrupted":

@@ -2,10 +2,14 @@
 
 A pool runs `setup.build_worker(index, client)` objects whose `step()` does one update and
 returns a report. The processes pool runs each worker in its own process until told to
-stop, sending its reports (and the bytes its store client counted) every REPORT_S
-seconds; it notices a dead worker through its sentinel, logs it, and starts a replacement
-on a spare store slot. The serial pool steps the workers round-robin in this process, so a
-run is reproducible exactly.
+stop, sending its reports (and the bytes and messages its store client counted) every
+REPORT_S seconds; it notices a dead worker through its sentinel, logs it, and starts a
+replacement on a spare store slot. The serial pool steps the workers round-robin in this
+process, so a run is reproducible exactly.
+
+Traffic: every pull and push a store client makes is a message (see `esrl.stores`), and so
+is every report a worker sends the coordinator (kind "report", received). `pause()` stops
+workers from beginning updates (the coordinator evaluates meanwhile); `resume()` lets them go on.
 """
 
 from __future__ import annotations
@@ -20,18 +24,22 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from esrl.backends.base import Traffic
-from esrl.shm import Flag, die_with_parent
+from esrl.shm import Flag, die_with_parent, hold
 
 REPORT_S = 0.1
 
 
 def _absorb(traffic: Traffic, client: Any) -> None:
+    """Move a store client's counts into `traffic` (and zero them: reports carry deltas)."""
     for k, v in client.sent.items():
         traffic.sent[k] += v
     for k, v in client.received.items():
         traffic.received[k] += v
     client.sent.clear()
     client.received.clear()
+    traffic.messages += getattr(client, "messages", 0)  # a client of a test may count bytes only
+    if hasattr(client, "messages"):
+        client.messages = 0
 
 
 def _clients(worker: Any, client: Any) -> list[Any]:
@@ -50,19 +58,21 @@ def _send_report(conn: Connection, wid: int, acc: Any, clients: list[Any], compu
     conn.send_bytes(pickle.dumps(("report", wid, acc, traffic, staleness)))
 
 
-def take_report(pool: Any, rep: Any, traffic: Traffic, staleness: list[int]) -> list[Any]:
-    """Fold a worker's report message into a pool's counters (`traffic`, `staleness`); the report, if any."""
-    pool.staleness.extend(staleness)
-    for k, v in traffic.sent.items():
-        pool.traffic.sent[k] += v
-    for k, v in traffic.received.items():
-        pool.traffic.received[k] += v
-    pool.traffic.compute_s += traffic.compute_s
+def count_report(pool: Any, nbytes: int) -> None:
+    """A message from a worker to the coordinator (a report, or the last word of a stopping worker)."""
+    pool.traffic.received["report"] += nbytes
     pool.traffic.messages += 1
+
+
+def take_report(pool: Any, rep: Any, traffic: Traffic, staleness: list[int], nbytes: int) -> list[Any]:
+    """Fold a worker's report message (`nbytes` long) and the traffic it carries into a pool's counters."""
+    pool.staleness.extend(staleness)
+    pool.traffic.add(traffic)
+    count_report(pool, nbytes)
     return [] if rep is None else [rep]
 
 
-def _worker_main(setup: Any, wid: int, client: Any, conn: Connection, stop: Any) -> None:
+def _worker_main(setup: Any, wid: int, client: Any, conn: Connection, stop: Flag, pause: Flag) -> None:
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -77,6 +87,14 @@ def _worker_main(setup: Any, wid: int, client: Any, conn: Connection, stop: Any)
         clients = _clients(worker, client)
         acc, compute, last = None, 0.0, time.perf_counter()
         while not stop.is_set():
+            if pause.is_set():
+                if acc is not None:  # what was done before the pause reaches the coordinator now
+                    _send_report(conn, wid, acc, clients, compute)
+                    acc, compute = None, 0.0
+                if not hold(pause, stop):
+                    break
+                last = time.perf_counter()
+                continue
             t0 = time.perf_counter()
             rep = worker.step()
             compute += time.perf_counter() - t0
@@ -108,15 +126,21 @@ class WorkerFailure(RuntimeError):
 
 
 class ProcessPool:
-    """N worker processes driving a parameter store; see the module docstring."""
+    """N worker processes driving a parameter store; see the module docstring.
+
+    `transport` is the store's: "shared-memory" (lock, hogwild) or "pipe" (param-server),
+    how parameters and gradients move; reports always travel over a pipe.
+    """
 
     def __init__(self, setup: Any, store: Any, workers: int, ctx: Any, max_restarts: int) -> None:
         self.setup, self.store, self.n, self.ctx = setup, store, workers, ctx
         self.max_restarts = max_restarts
+        self.transport: str = getattr(store, "transport", "pipe")
         self.traffic = Traffic()
         self.events: list[dict[str, Any]] = []
         self.staleness: list[int] = []
         self._stop = Flag(ctx)  # a raw byte: a worker killed mid-check cannot leave it locked
+        self._pause = Flag(ctx)  # workers look at it before each update; replacements inherit it
         self._procs: dict[int, tuple[Any, Connection]] = {}
         self._next_slot = 0
 
@@ -138,7 +162,7 @@ class ProcessPool:
         self._next_slot += 1
         parent, child = self.ctx.Pipe(duplex=False)
         proc = self.ctx.Process(target=_worker_main, args=(self.setup, index, self.store.client(slot), child,
-                                                           self._stop), daemon=True)
+                                                           self._stop, self._pause), daemon=True)
         proc.start()
         child.close()
         if hasattr(self.store, "release"):
@@ -158,22 +182,28 @@ class ProcessPool:
             _proc, conn = self._procs[wid]
             if ready is conn:
                 try:
-                    kind, _, *body = pickle.loads(conn.recv_bytes())
+                    data = conn.recv_bytes()
                 except (EOFError, OSError):
                     self._died(wid)
                     continue
+                kind, _, *body = pickle.loads(data)
                 if kind == "done":
+                    count_report(self, len(data))
                     continue
                 if kind == "report":
-                    reports.extend(self._take(*body))
+                    reports.extend(take_report(self, *body, len(data)))
                 else:
                     raise WorkerFailure(body[0], nonfinite=(kind == "nonfinite"))
             else:
                 self._died(wid)
         return reports
 
-    def _take(self, rep: Any, traffic: Traffic, staleness: list[int]) -> list[Any]:
-        return take_report(self, rep, traffic, staleness)
+    def pause(self) -> None:
+        """From now on no worker begins an update (one in progress may finish); returns at once."""
+        self._pause.set()
+
+    def resume(self) -> None:
+        self._pause.clear()
 
     def _died(self, wid: int) -> None:
         proc, conn = self._procs.pop(wid)
@@ -194,13 +224,15 @@ class ProcessPool:
         for _wid, (proc, conn) in list(self._procs.items()):
             while time.monotonic() < deadline and conn.poll(max(0.0, deadline - time.monotonic())):
                 try:
-                    kind, _, *body = pickle.loads(conn.recv_bytes())
+                    data = conn.recv_bytes()
                 except (EOFError, OSError):
                     break
+                kind, _, *body = pickle.loads(data)
                 if kind == "done":
+                    count_report(self, len(data))
                     break
                 if kind == "report":
-                    reports.extend(self._take(*body))
+                    reports.extend(take_report(self, *body, len(data)))
             proc.join(max(0.0, deadline - time.monotonic()))
             if proc.is_alive():
                 proc.kill()
@@ -211,7 +243,13 @@ class ProcessPool:
 
 
 class SerialPool:
-    """The workers in this process, one update each in turn: an exactly reproducible schedule."""
+    """The workers in this process, one update each in turn: an exactly reproducible schedule.
+
+    Its store clients still count each pull and push (copies within this process), so its
+    messages per update match the processes pool's on a shared-memory store.
+    """
+
+    transport = "in-process"
 
     def __init__(self, setup: Any, store: Any, workers: int) -> None:
         self.setup, self.store, self.n = setup, store, workers
@@ -220,6 +258,7 @@ class SerialPool:
         self.staleness: list[int] = []
         self._workers: list[Any] = []
         self._clients: list[Any] = []
+        self._paused = False
 
     @property
     def live_workers(self) -> int:
@@ -229,8 +268,17 @@ class SerialPool:
         self._clients = [self.store.client(w) for w in range(self.n)]
         self._workers = [self.setup.build_worker(w, c) for w, c in zip(range(self.n), self._clients, strict=True)]
 
+    def pause(self) -> None:
+        """Nothing runs between polls here anyway; a poll while paused does nothing."""
+        self._paused = True
+
+    def resume(self) -> None:
+        self._paused = False
+
     def poll(self, timeout: float) -> list[Any]:
-        """One round: every worker does one update."""
+        """One round: every worker does one update (none while paused)."""
+        if self._paused:
+            return []
         reports = []
         for w, c in zip(self._workers, self._clients, strict=True):
             t0 = time.perf_counter()

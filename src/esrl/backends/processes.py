@@ -4,7 +4,8 @@ No multiprocessing.Pool (it hangs when a worker dies). Each worker is a Process 
 own duplex pipe; the coordinator waits on the pipes and on the process sentinels together,
 so a death is seen at once: the dead worker's task goes back in the queue, a replacement
 is started with a full state sync, and the event is logged. Every message is pickled here
-(between our own processes only) and its length counted by kind.
+(between our own processes only) and its length counted by kind; the full state a new
+worker gets (and, under `spawn`, the setup its process is started with) is start-up traffic.
 """
 
 from __future__ import annotations
@@ -74,6 +75,8 @@ class _Worker:
 class ProcessBackend:
     """N worker processes, each with a replica; see the module docstring."""
 
+    transport = "pipe"
+
     def __init__(self, workers: int, max_restarts: int | None = None, start_method: str | None = None) -> None:
         if workers < 1:
             raise ValueError("workers must be >= 1")
@@ -90,6 +93,7 @@ class ProcessBackend:
         self._orphans: list[tuple[int, Any]] = []  # tasks whose worker died before answering
         self._setup: Any = None
         self._state_fn: Callable[[], dict[str, Any]] | None = None
+        self._setup_bytes = 0
 
     @property
     def live_workers(self) -> int:
@@ -98,6 +102,8 @@ class ProcessBackend:
     # --- lifecycle ------------------------------------------------------------------------
     def start(self, setup: Any, state_fn: Callable[[], dict[str, Any]]) -> None:
         self._setup, self._state_fn = setup, state_fn
+        if self._ctx.get_start_method() != "fork":  # a forked worker inherits the setup; a spawned one is sent it
+            self._setup_bytes = len(pickle.dumps(setup, _DUMP))
         state = state_fn()
         for _ in range(self.n):
             self._spawn(state)
@@ -110,7 +116,11 @@ class ProcessBackend:
         w = _Worker(self._next_id, proc, parent)
         self._next_id += 1
         self._workers[w.wid] = w
-        self._send(w, "state", state)
+        if self._setup_bytes:
+            self.traffic.sent["state"] += self._setup_bytes
+            self.traffic.startup += self._setup_bytes
+            self.traffic.messages += 1
+        self._send(w, "state", state, startup=True)
         return w
 
     def close(self) -> None:
@@ -129,7 +139,7 @@ class ProcessBackend:
         self._workers.clear()
 
     # --- messaging ------------------------------------------------------------------------
-    def _send(self, w: _Worker, kind: str, body: Any, data: bytes | None = None) -> bool:
+    def _send(self, w: _Worker, kind: str, body: Any, data: bytes | None = None, startup: bool = False) -> bool:
         data = pickle.dumps((kind, body), _DUMP) if data is None else data
         try:
             w.conn.send_bytes(data)
@@ -138,6 +148,8 @@ class ProcessBackend:
             return False
         self.traffic.sent[kind] += len(data)
         self.traffic.messages += 1
+        if startup:
+            self.traffic.startup += len(data)
         return True
 
     def _recv(self, w: _Worker) -> tuple[str, Any] | None:

@@ -3,8 +3,9 @@
 Same interface and protocol as the processes backend: actors build their replica (and
 noise table) from the setup once; per iteration they receive (iteration, member range)
 tasks and the shaped-return broadcast. Bytes are counted by pickling each message here, as
-the processes backend does, so the two report comparable figures. A dead actor's task is
-requeued, a replacement actor gets the full state, and the event is logged.
+the processes backend does, so the two report comparable figures. An actor is created with
+the setup and then sent the full state: both are start-up traffic (kind "state"). A dead
+actor's task is requeued, a replacement actor gets the full state, and the event is logged.
 
 Security: a local instance binds to 127.0.0.1 with the dashboard off; joining a cluster
 (`address`) warns when the cluster does not use Ray's token authentication.
@@ -89,6 +90,7 @@ class RayBackend:
     # a Ray call costs 1-2 ms of idle actor time: one range per actor (plus the evaluation episodes) measured
     # 8 ms over processes at population 256 on 2 workers; 2 ranges 14 ms, 8 ranges (the old tail) 25-29 ms
     task_tail = 1
+    transport = "ray"
 
     def __init__(self, workers: int, address: str | None = None, max_restarts: int | None = None) -> None:
         """`workers` 0: one actor per CPU of the cluster (of this machine for a local instance)."""
@@ -104,6 +106,7 @@ class RayBackend:
         self._restarts = 0
         self._setup: Any = None
         self._state_fn: Callable[[], dict[str, Any]] | None = None
+        self._setup_bytes = 0
 
     @property
     def live_workers(self) -> int:
@@ -114,6 +117,7 @@ class RayBackend:
 
     def start(self, setup: Any, state_fn: Callable[[], dict[str, Any]]) -> None:
         self._setup, self._state_fn = setup, state_fn
+        self._setup_bytes = len(pickle.dumps(setup, _DUMP))  # travels with each actor's creation
         state = state_fn()
         for _ in range(self.n):
             self._spawn(state)
@@ -122,14 +126,18 @@ class RayBackend:
         wid = self._next_id
         self._next_id += 1
         actor = self._actor_cls.remote(self._setup)
-        self._count_sent("state", state)
+        self.traffic.sent["state"] += self._setup_bytes
+        self.traffic.messages += 1
+        self.traffic.startup += self._setup_bytes + self._count_sent("state", state)
         actor.set_state.remote(state)
         self._actors[wid] = actor
         return wid
 
-    def _count_sent(self, kind: str, body: Any) -> None:
-        self.traffic.sent[kind] += len(pickle.dumps(body, _DUMP))
+    def _count_sent(self, kind: str, body: Any) -> int:
+        n = len(pickle.dumps(body, _DUMP))
+        self.traffic.sent[kind] += n
         self.traffic.messages += 1
+        return n
 
     def _lost(self, wid: int, why: str, task: Any = None) -> None:
         actor = self._actors.pop(wid, None)
@@ -178,22 +186,27 @@ class RayBackend:
         return results
 
     def broadcast(self, message: Any) -> None:
+        n = len(pickle.dumps(message, _DUMP))  # one copy per actor, each counted
         for actor in self._actors.values():
-            self._count_sent("apply", message)
+            self.traffic.sent["apply"] += n
+            self.traffic.messages += 1
             actor.apply.remote(message)  # calls from one caller run in order on an actor
 
     def verify(self, digest: str) -> list[int]:
         wids = list(self._actors)
-        refs = [self._actors[w].digest.remote() for w in wids]
+        refs = []
+        for w in wids:
+            self._count_sent("digest", None)  # the request carries no arguments: a pickled None stands for it
+            refs.append(self._actors[w].digest.remote())
         wrong = []
         for wid, ref in zip(wids, refs, strict=True):
-            self.traffic.messages += 1
             try:
                 got = self.ray.get(ref)
             except self.ray.exceptions.RayActorError as exc:
                 self._lost(wid, type(exc).__name__)
                 continue
             self.traffic.received["digest"] += len(got)
+            self.traffic.messages += 1
             if got != digest:
                 wrong.append(wid)
         if wrong:

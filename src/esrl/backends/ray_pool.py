@@ -10,18 +10,28 @@ until its pushes are applied, so the updates counted never run ahead of the stor
 A dead actor (`RayActorError`: killed, its node lost) is logged as `worker_died` and replaced
 by a new actor on a fresh store slot; `worker_joined` is logged when the replacement's first
 report arrives. Workers are spread over the cluster's nodes (`SPREAD`).
+
+Traffic: each `work()` call and its report are a message each (kind "report"); an actor's
+creation carries its setup and store client (kind "state", start-up). Pausing: `pause()`
+and `resume()` run in a concurrency group of their own on each actor, so they reach it
+while `work()` runs; a paused `work()` begins no update and returns when its time is up,
+and the pool submits no new calls until `resume()`.
 """
 
 from __future__ import annotations
 
+import pickle
 import time
 import traceback
 from typing import Any
 
 from esrl.backends.base import Traffic
-from esrl.backends.pool import REPORT_S, WorkerFailure, _absorb, _clients, take_report
+from esrl.backends.pool import REPORT_S, WorkerFailure, _absorb, _clients, count_report, take_report
+from esrl.shm import PAUSE_NAP_S
 
 IN_FLIGHT = 2  # work() calls queued per actor
+CONTROL = "control"  # the actors' concurrency group for pause/resume
+PAUSE_ACK_S = 0.5  # at most this long does pause() wait for the actors to acknowledge
 
 
 class WorkerActor:
@@ -34,6 +44,13 @@ class WorkerActor:
         self.setup, self.wid, self.client = setup, wid, client
         self.worker: Any = None
         self.counted: list[Any] = []
+        self.paused = False  # set from the control group's thread, read between updates
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
 
     def node(self) -> str:
         import ray
@@ -51,6 +68,11 @@ class WorkerActor:
             acc, compute = None, 0.0
             end = time.perf_counter() + seconds
             while True:
+                if self.paused:  # begin no update; the call ends when its time is up
+                    if time.perf_counter() >= end:
+                        break
+                    time.sleep(PAUSE_NAP_S)
+                    continue
                 t0 = time.perf_counter()
                 rep = self.worker.step()
                 compute += time.perf_counter() - t0
@@ -82,6 +104,8 @@ class WorkerActor:
 class RayPool:
     """N worker actors driving a parameter store; see the module docstring."""
 
+    transport = "ray"
+
     def __init__(self, setup: Any, store: Any, workers: int, max_restarts: int) -> None:
         import ray
 
@@ -90,7 +114,10 @@ class RayPool:
         self.traffic = Traffic()
         self.events: list[dict[str, Any]] = []
         self.staleness: list[int] = []
-        self._cls = ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0)(WorkerActor)
+        self._cls = ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0,
+                               concurrency_groups={CONTROL: 1})(WorkerActor)
+        self._setup_bytes = len(pickle.dumps(setup))  # sent with every actor's creation
+        self._paused = False
         self._actors: dict[int, tuple[Any, int]] = {}  # worker index -> (actor, store slot)
         self._pending: dict[Any, tuple[int, Any]] = {}  # work() ref -> (worker index, actor)
         self._joining: set[Any] = set()  # replacement actors that have not reported yet
@@ -113,15 +140,54 @@ class RayPool:
     def _spawn(self, index: int) -> int:
         slot = self._next_slot
         self._next_slot += 1
-        actor = self._cls.options(scheduling_strategy="SPREAD").remote(self.setup, index, self.store.client(slot))
+        client = self.store.client(slot)
+        actor = self._cls.options(scheduling_strategy="SPREAD").remote(self.setup, index, client)
+        nbytes = self._setup_bytes + len(pickle.dumps((index, client)))
+        self.traffic.sent["state"] += nbytes
+        self.traffic.startup += nbytes
+        self.traffic.messages += 1
         self._actors[index] = (actor, slot)
-        for _ in range(IN_FLIGHT):
-            self._submit(index)
+        if self._paused:  # a replacement joins a paused run paused
+            self._control(actor, "pause")
+        self._top_up(index)
         return slot
 
     def _submit(self, wid: int) -> None:
         actor = self._actors[wid][0]
         self._pending[actor.work.remote(REPORT_S)] = (wid, actor)
+        self.traffic.sent["report"] += len(pickle.dumps(REPORT_S))  # the call that asks for a report
+        self.traffic.messages += 1
+
+    def _top_up(self, wid: int) -> None:
+        """Queue work() calls on the actor until IN_FLIGHT are pending (none while paused or closing)."""
+        if self._paused or self._closing or wid not in self._actors:
+            return
+        actor = self._actors[wid][0]
+        for _ in range(IN_FLIGHT - sum(a is actor for _, a in self._pending.values())):
+            self._submit(wid)
+
+    def _control(self, actor: Any, method: str) -> Any:
+        self.traffic.sent["control"] += len(pickle.dumps(None))
+        self.traffic.messages += 1
+        return getattr(actor, method).options(concurrency_group=CONTROL).remote()
+
+    def pause(self) -> None:
+        """From now on no actor begins an update (one in progress may finish).
+
+        Waits (at most PAUSE_ACK_S, a few ms normally) until every actor has acknowledged, so
+        that none can begin an update after this returns; a dead actor is left to poll.
+        """
+        self._paused = True
+        refs = [self._control(a, "pause") for a, _slot in self._actors.values()]
+        if refs:
+            self.ray.wait(refs, num_returns=len(refs), timeout=PAUSE_ACK_S)
+
+    def resume(self) -> None:
+        self._paused = False
+        for actor, _slot in self._actors.values():
+            self._control(actor, "resume")  # another group: a work() call that starts first waits the few ms for it
+        for wid in list(self._actors):
+            self._top_up(wid)
 
     def poll(self, timeout: float) -> list[Any]:
         """Reports that arrived within `timeout` seconds; handles deaths and worker errors."""
@@ -144,17 +210,14 @@ class RayPool:
                 self._died(wid, type(exc).__name__)
                 continue
             if msg[0] != "report":
+                count_report(self, len(pickle.dumps(msg)))
                 raise WorkerFailure(msg[1], nonfinite=(msg[0] == "nonfinite"))
-            reports.extend(self._take(*msg[1:]))
+            reports.extend(take_report(self, *msg[1:], len(pickle.dumps(msg))))
             if actor in self._joining:
                 self._joining.discard(actor)
                 self.events.append({"event": "worker_joined", "worker": wid, "slot": self._actors[wid][1]})
-            if not self._closing:
-                self._submit(wid)
+            self._top_up(wid)
         return reports
-
-    def _take(self, rep: Any, traffic: Traffic, staleness: list[int]) -> list[Any]:
-        return take_report(self, rep, traffic, staleness)
 
     def _died(self, wid: int, why: str) -> None:
         actor, slot = self._actors.pop(wid)

@@ -10,7 +10,9 @@ from esrl.backends.base import Traffic
 
 
 class SerialBackend:
-    """Runs every task in the calling process; moves no bytes."""
+    """Runs every task in the calling process; moves no bytes and sends no messages."""
+
+    transport = "in-process"
 
     def __init__(self) -> None:
         self.traffic = Traffic()

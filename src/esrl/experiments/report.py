@@ -1,111 +1,28 @@
-"""`esrl report SWEEP_DIR`: the scaling study as report.md, a self-contained report.html and PNG plots.
+"""`esrl report SWEEP_DIR`: the verdict first, then the evidence, as report.md, report.html, report.json and plots.
 
-Every run of the sweep's grid is accounted for: finished runs feed the statistics, runs that
-did not reach the threshold count as unsolved (shown, never dropped), and runs that are
-missing or whose files are corrupt are listed as such.
+Every run of the sweep's grid is accounted for: finished runs feed the statistics, runs
+whose solve was not confirmed count as unsolved (infinitely slow; shown, never dropped),
+and runs that are missing or whose files are corrupt are listed as such.
 """
 
 from __future__ import annotations
 
 import base64
+import html as htmllib
 import json
 import math
-import zlib
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from esrl import seeding
-from esrl.experiments.sweep import run_name
+from esrl.experiments import machine as machine_info
+from esrl.experiments import verdict as verdicts
+from esrl.experiments.records import RunRecord, load, target_of
+from esrl.experiments.verdict import interval_kind, median_interval, speedup_interval
 from esrl.runs.rundir import atomic_write
 
-BOOTSTRAP = 2000
-
-
-@dataclass
-class RunRecord:
-    """One run of the grid, as found on disk."""
-
-    name: str
-    algo: str
-    workers: int
-    seed: int
-    status: str = "ok"  # ok | missing | unfinished | corrupt: <why>
-    summary: dict[str, Any] = field(default_factory=dict)
-    metrics: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def solved(self) -> bool:
-        return self.status == "ok" and bool(self.summary.get("solved"))
-
-    @property
-    def ttt(self) -> float:
-        """Time-to-threshold, +inf when not solved."""
-        t = self.summary.get("time_to_threshold_s")
-        return float(t) if self.solved and t is not None else math.inf
-
-
-def load(sweep_dir: str | Path) -> tuple[dict[str, Any], list[RunRecord]]:
-    """The sweep spec and one record per run of its grid."""
-    d = Path(sweep_dir)
-    try:
-        spec = json.loads((d / "sweep.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        from esrl.errors import InputError
-
-        raise InputError("sweep_dir", f"{d} has no readable sweep.json ({exc.__class__.__name__})") from None
-    records = []
-    for s in range(spec["seeds"]):
-        for a in spec["algos"]:
-            for w in spec["workers"]:
-                rec = RunRecord(run_name(a, w, s), a, w, s)
-                rd = d / rec.name
-                if not rd.is_dir():
-                    rec.status = "missing"
-                elif not (rd / "summary.json").is_file():
-                    rec.status = "unfinished"
-                else:
-                    try:
-                        rec.summary = json.loads((rd / "summary.json").read_text())
-                        rec.metrics = [json.loads(x) for x in (rd / "metrics.jsonl").read_text().splitlines() if x]
-                    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-                        rec.status = f"corrupt: {exc.__class__.__name__}"
-                    else:
-                        if rec.summary.get("stop_reason") == "interrupted":
-                            rec.status = "unfinished"
-                records.append(rec)
-    return spec, records
-
-
-def median_ci(values: list[float], role: str) -> tuple[float, float, float]:
-    """Median and a 95% percentile-bootstrap interval (inf where unsolved runs dominate)."""
-    x = np.asarray(values, float)
-    med = float(np.median(x))
-    if x.size < 2:
-        return med, med, med
-    gen = seeding.rng(0, "report_bootstrap", zlib.crc32(role.encode()))
-    boots = np.median(gen.choice(x, size=(BOOTSTRAP, x.size), replace=True), axis=1)
-    with np.errstate(invalid="ignore"):  # inf - inf inside percentile's interpolation: the bound is inf
-        lo, hi = np.percentile(boots, 2.5, method="lower"), np.percentile(boots, 97.5, method="higher")
-    return med, float(lo), float(hi)
-
-
-def speedup_ci(base: list[float], other: list[float], n: int, role: str) -> tuple[float, float, float]:
-    """S(n) = median T(base) / median T(n), with a 95% bootstrap interval resampling both groups."""
-    b, o = np.asarray(base, float), np.asarray(other, float)
-    s = float(np.median(b) / np.median(o)) if np.isfinite(np.median(o)) else 0.0
-    if b.size < 2 or o.size < 2:
-        return s, s, s
-    gen = seeding.rng(0, "report_speedup", n, zlib.crc32(role.encode()))
-    mb = np.median(gen.choice(b, size=(BOOTSTRAP, b.size)), axis=1)
-    mo = np.median(gen.choice(o, size=(BOOTSTRAP, o.size)), axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ratio = np.where(np.isfinite(mo), mb / mo, 0.0)
-    ratio = np.nan_to_num(ratio, nan=0.0, posinf=np.inf)
-    with np.errstate(invalid="ignore"):
-        return s, float(np.percentile(ratio, 2.5, method="lower")), float(np.percentile(ratio, 97.5, method="higher"))
+__all__ = ["RunRecord", "load", "median_interval", "report", "speedup_interval", "table"]
 
 
 def _bytes(rec: RunRecord) -> tuple[dict[str, float], dict[str, float]]:
@@ -113,37 +30,70 @@ def _bytes(rec: RunRecord) -> tuple[dict[str, float], dict[str, float]]:
     per_it: dict[str, float] = {}
     for m in rec.metrics:
         for direction in ("bytes_sent", "bytes_received"):
-            for k, v in m.get(direction, {}).items():
+            for k, v in (m.get(direction) or {}).items():
                 per_it[k] = per_it.get(k, 0.0) + v
     n = max(1, len(rec.metrics))
     wall = max(1e-9, float(rec.summary.get("wall_s") or 0.0))
     return {k: v / n for k, v in per_it.items()}, {k: v / wall for k, v in per_it.items()}
 
 
-def table(spec: dict[str, Any], records: list[RunRecord]) -> list[dict[str, Any]]:
-    """One row per (algorithm, workers): the statistics every plot and table draws from."""
+def _median(xs: list[float]) -> float | None:
+    return float(np.median(xs)) if xs else None
+
+
+def group_sizes(spec: dict[str, Any], records: list[RunRecord]) -> int:
+    """Finished runs in the smallest (arm, workers) group that has any."""
+    sizes = [sum(r.status == "ok" for r in records if r.arm == a and r.workers == w)
+             for a in spec["algos"] for w in spec["workers"]]
+    return min((s for s in sizes if s), default=0)
+
+
+def table(spec: dict[str, Any], records: list[RunRecord], kind: str | None = None) -> list[dict[str, Any]]:
+    """One row per (arm, workers): the statistics every plot and table draws from."""
+    kind = kind or interval_kind(group_sizes(spec, records))
+    target = target_of(spec, records)
     rows = []
+    base_w = min(spec["workers"])
     for a in spec["algos"]:
-        base = [r.ttt for r in records if r.algo == a and r.workers == min(spec["workers"]) and r.status == "ok"]
+        base = [r.ttt for r in records if r.arm == a and r.workers == base_w and r.status == "ok"]
         for w in spec["workers"]:
-            group = [r for r in records if r.algo == a and r.workers == w]
+            group = [r for r in records if r.arm == a and r.workers == w]
             ok = [r for r in group if r.status == "ok"]
-            ts = [r.ttt for r in ok]
-            row: dict[str, Any] = {"algo": a, "workers": w, "runs": len(group), "finished": len(ok),
-                                   "solved": sum(r.solved for r in ok),
+            row: dict[str, Any] = {"arm": a, "algo": group[0].algo if group else a.split(":")[0], "workers": w,
+                                   "runs": len(group), "finished": len(ok), "interval": kind,
+                                   "solved_eval": sum(r.solved_eval for r in ok),
+                                   "confirmed": sum(r.confirmed for r in ok),
+                                   "unconfirmed_record": sum(r.solved_eval and "confirmed" not in r.summary
+                                                             for r in ok),
                                    "problems": [f"{r.name}: {r.status}" for r in group if r.status != "ok"]}
-            if ts:
-                row["ttt_median"], row["ttt_lo"], row["ttt_hi"] = median_ci(ts, f"{a}-{w}")
-                row["speedup"], row["speedup_lo"], row["speedup_hi"] = speedup_ci(base, ts, w, a) if base else (
-                    math.nan, math.nan, math.nan)
-                row["efficiency"] = row["speedup"] * min(spec["workers"]) / w
-                row["steps_per_s"] = float(np.median([r.summary["env_steps"] / max(1e-9, r.summary["wall_s"])
+            row["solved"] = row["confirmed"]
+            if ok:
+                ts = [r.ttt for r in ok]
+                row["ttt_median"], row["ttt_lo"], row["ttt_hi"] = median_interval(ts, f"{a}-{w}", kind)
+                if base:
+                    s = speedup_interval(base, ts, f"{a}-{w}", kind)
+                else:
+                    s = (math.nan, math.nan, math.nan)
+                row["speedup"], row["speedup_lo"], row["speedup_hi"] = s
+                row["efficiency"], row["efficiency_lo"], row["efficiency_hi"] = (x * base_w / w for x in s)
+                row["steps_per_s"] = float(np.median([r.env_steps / max(1e-9, float(r.summary.get("wall_s") or 0))
                                                       for r in ok]))
-                solved = [r for r in ok if r.solved]
-                row["episodes_to_train"] = float(np.median([r.summary["episodes"] for r in solved])) if solved \
-                    else None
-                row["time_per_episode_s"] = float(np.median([r.summary["wall_s"] / max(1, r.summary["episodes"])
+                solved = [r for r in ok if r.confirmed]
+                row["episodes_to_threshold"] = _median([float(r.episodes_to_threshold()) for r in solved])
+                row["episodes_to_train"] = row["episodes_to_threshold"]
+                row["env_steps_to_threshold"] = _median([float(r.steps_to_threshold(target)) for r in solved])
+                row["time_per_episode_s"] = float(np.median([float(r.summary.get("wall_s") or 0)
+                                                             / max(1, int(r.summary.get("episodes") or 0))
                                                              for r in ok]))
+                row["bytes_per_env_step"] = float(np.median([r.bytes_per_env_step() for r in ok]))
+                to_thr = [b for r in solved if (b := r.bytes_to_threshold(target)) is not None]
+                row["bytes_to_threshold"] = _median(to_thr)
+                row["bytes_startup"] = _median([float(r.summary["bytes_startup"]) for r in ok
+                                                if r.summary.get("bytes_startup") is not None])
+                row["transport"] = ", ".join(sorted({r.transport for r in ok}))
+                row["sync"] = ok[0].sync
+                row["num_params"] = ok[0].num_params
+                row["eval_s"] = _median([float(r.summary["eval_s"]) for r in ok if r.summary.get("eval_s") is not None])
                 per_it, per_s = zip(*(_bytes(r) for r in ok), strict=True)
                 kinds = sorted({k for d in per_it for k in d})
                 row["bytes_per_iteration"] = {k: float(np.median([d.get(k, 0.0) for d in per_it])) for k in kinds}
@@ -152,112 +102,31 @@ def table(spec: dict[str, Any], records: list[RunRecord]) -> list[dict[str, Any]
     return rows
 
 
-# --- plots ------------------------------------------------------------------------------------
-
-def _fig(title: str, xlabel: str, ylabel: str) -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
-    ax.set_title(title)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    return fig, ax
+def arms(spec: dict[str, Any], records: list[RunRecord]) -> list[dict[str, Any]]:
+    """What each arm is: algorithm, sync mode, parameter count, backend, transport, settings."""
+    out = []
+    for a in spec["algos"]:
+        ok = [r for r in records if r.arm == a and r.status == "ok"]
+        settings = {**spec.get("settings", {}).get(a.split(":")[0], {}), **spec.get("settings", {}).get(a, {})}
+        out.append({"arm": a, "algo": a.split(":")[0], "sync": ok[0].sync if ok else None,
+                    "num_params": ok[0].num_params if ok else None,
+                    "backend": spec.get("backend"), "transport": ", ".join(sorted({r.transport for r in ok})) or None,
+                    "settings": settings})
+    return out
 
 
-def _save(fig: Any, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
-def plots(spec: dict[str, Any], rows: list[dict[str, Any]], records: list[RunRecord], out: Path) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    workers = spec["workers"]
-    paths = []
-    by_algo = {a: [r for r in rows if r["algo"] == a and "ttt_median" in r] for a in spec["algos"]}
-
-    fig, ax = _fig("Time to threshold vs workers (median, 95% CI)", "workers", "time to threshold (s)")
-    for a, rs in by_algo.items():
-        fin = [r for r in rs if math.isfinite(r["ttt_median"])]
-        if fin:
-            y = np.array([r["ttt_median"] for r in fin])
-            lo = y - np.array([r["ttt_lo"] for r in fin])
-            hi = np.array([min(r["ttt_hi"], 10 * r["ttt_median"]) for r in fin]) - y
-            ax.errorbar([r["workers"] for r in fin], y, yerr=[lo, np.maximum(hi, 0)], marker="o", capsize=4, label=a)
-        for r in rs:
-            ax.annotate(f"{r['solved']}/{r['finished']} solved", (r["workers"], r["ttt_median"] if math.isfinite(
-                r["ttt_median"]) else 0), textcoords="offset points", xytext=(4, 6), fontsize=7)
-    ax.set_xticks(workers)
-    ax.legend()
-    paths.append(_save(fig, out / "time_to_threshold.png"))
-
-    for key, title, ylabel, ideal in (("speedup", "Speedup S(n) = T(1)/T(n)", "speedup", True),
-                                      ("efficiency", "Efficiency S(n)/n", "efficiency", False)):
-        fig, ax = _fig(title + " vs workers", "workers", ylabel)
-        base = min(workers)
-        ax.plot(workers, [w / base if ideal else 1.0 for w in workers], "k--", lw=1, label="ideal")
-        for a, rs in by_algo.items():
-            ax.plot([r["workers"] for r in rs], [r[key] for r in rs], marker="o", label=a)
-        ax.set_xticks(workers)
-        ax.legend()
-        paths.append(_save(fig, out / f"{key}.png"))
-
-    fig, ax = _fig("Throughput vs workers", "workers", "env steps per second")
-    for a, rs in by_algo.items():
-        ax.plot([r["workers"] for r in rs], [r["steps_per_s"] for r in rs], marker="o", label=a)
-    ax.set_xticks(workers)
-    ax.legend()
-    paths.append(_save(fig, out / "steps_per_s.png"))
-
-    for key, title, ylabel in (("bytes_per_iteration", "Network load per iteration", "bytes per iteration"),
-                               ("bytes_per_s", "Network load per second", "bytes per second")):
-        fig, ax = _fig(title + " vs workers, by kind", "workers", ylabel + " (log)")
-        for a, rs in by_algo.items():
-            kinds = sorted({k for r in rs for k, v in r[key].items() if v > 0})  # kinds that moved nothing: omitted
-            for k in kinds:
-                ys = [max(r[key].get(k, 0.0), 1e-1) for r in rs]
-                ax.plot([r["workers"] for r in rs], ys, marker="o", label=f"{a}: {k}")
-        ax.set_yscale("log")
-        ax.set_xticks(workers)
-        ax.legend(fontsize=7)
-        paths.append(_save(fig, out / f"{key}.png"))
-
-    fig, ax = _fig("Episodes to train and time per episode", "workers", "episodes to threshold (median)")
-    ax2 = ax.twinx()
-    ax2.set_ylabel("time per episode (ms)")
-    for a, rs in by_algo.items():
-        ax.plot([r["workers"] for r in rs], [r["episodes_to_train"] or np.nan for r in rs], marker="o", label=f"{a}: "
-                "episodes")
-        ax2.plot([r["workers"] for r in rs], [1e3 * r["time_per_episode_s"] for r in rs], marker="s", ls=":",
-                 label=f"{a}: ms/episode")
-    ax.set_xticks(workers)
-    ax.legend(loc="center left", fontsize=7)
-    ax2.legend(loc="center right", fontsize=7)
-    paths.append(_save(fig, out / "episodes.png"))
-
-    for xkey, xlabel, fname in (("wall_s", "wall time (s)", "curves_time.png"),
-                                ("env_steps", "env steps", "curves_steps.png")):
-        fig, ax = _fig("Learning curves: evaluation return", xlabel, "evaluation return")
-        colors = {a: f"C{i}" for i, a in enumerate(spec["algos"])}
-        styles = {w: s for w, s in zip(workers, ["-", "--", ":", "-."] * 8, strict=False)}
-        for rec in records:
-            pts = [(m[xkey], m["eval_return"]) for m in rec.metrics if m.get("eval_return") is not None]
-            if pts:
-                curve = np.asarray(pts, float)
-                ax.plot(curve[:, 0], curve[:, 1], color=colors[rec.algo], ls=styles[rec.workers], lw=1, alpha=0.7,
-                        label=f"{rec.algo}, {rec.workers} workers" if rec.seed == 0 else None)
-        if spec.get("target_return") is not None:
-            ax.axhline(spec["target_return"], color="k", lw=0.8, ls="--", label="target")
-        ax.legend(fontsize=7)
-        paths.append(_save(fig, out / fname))
-    return paths
+def machine_of(d: Path) -> dict[str, Any]:
+    """The machine the sweep recorded (its last start), else this one, labelled as such."""
+    try:
+        sessions = json.loads((d / "machine.json").read_text())["sessions"]
+        m = dict(sessions[-1])
+        keys = [k for k in m if k != "started"]
+        if any({k: s.get(k) for k in keys} != {k: m[k] for k in keys} for s in sessions):
+            m["note"] = f"the sweep was started {len(sessions)} times on differing machines or versions: the last shown"
+        m["source"] = "recorded by the sweep"
+        return m
+    except (OSError, json.JSONDecodeError, KeyError, IndexError, TypeError):
+        return {**machine_info.gather(), "source": "the machine that wrote this report (the sweep recorded none)"}
 
 
 # --- documents --------------------------------------------------------------------------------
@@ -266,89 +135,156 @@ def _fmt(x: Any, unit: str = "") -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "-"
     if isinstance(x, float) and math.isinf(x):
-        return "not solved"
+        return "not solved" if x > 0 else "-"
+    if isinstance(x, int):
+        return f"{x}{unit}"
     return f"{x:.3g}{unit}"
 
 
-def markdown(spec: dict[str, Any], rows: list[dict[str, Any]], images: list[Path], extra: str = "") -> str:
-    lines = [f"# esrl scaling report: {', '.join(spec['algos'])} on {spec['env']}", "",
-             f"Grid: workers {spec['workers']}, {spec['seeds']} seeds, backend `{spec['backend']}`, "
-             f"budget {spec['max_seconds']} s per run. Time to threshold includes worker start-up and evaluation; "
-             "unsolved runs count as infinitely slow.", "",
-             "| algorithm | workers | solved | time to threshold, median [95% CI] | speedup [95% CI] | efficiency "
-             "| env steps/s | episodes to train | bytes/iteration | bytes/s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+def _iv(r: dict[str, Any], key: str) -> str:
+    base = key.removesuffix("_median")
+    return f"{_fmt(r[key])} [{_fmt(r[base + '_lo'])}, {_fmt(r[base + '_hi'])}]"
+
+
+def markdown(spec: dict[str, Any], rows: list[dict[str, Any]], arm_rows: list[dict[str, Any]], verdict: dict[str, Any],
+             machine: dict[str, Any], images: list[Path], model_text: str, target: float | None) -> str:
+    kind = verdict["interval"]
+    lines = [f"# esrl scaling report: {', '.join(spec['algos'])} on {spec['env']}", "", "## Verdict", "",
+             f"Which arm reaches the confirmed target return ({_fmt(target)}) sooner, by worker count "
+             f"(ratio = median time-to-threshold of the slower over the faster):", "", verdict["text"], "",
+             "## The runs", "",
+             f"Grid: workers {spec['workers']}, {spec['seeds']} seeds, backend `{spec['backend']}`, budget "
+             f"{spec['max_seconds']} s per run, target return {_fmt(target)}. Time to threshold includes worker "
+             "start-up and evaluation; a run counts as solved only when its solve was confirmed on fresh episodes; "
+             f"unsolved runs count as infinitely slow. Intervals: {verdicts.interval_note(kind)}.", "",
+             f"| arm | workers | solved (evaluation) | confirmed | time to threshold, median [{kind}] | "
+             f"speedup [{kind}] | efficiency [{kind}] | env steps/s | episodes to threshold | bytes/env step | "
+             "bytes to threshold | transport |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "ttt_median" not in r:
-            lines.append(f"| {r['algo']} | {r['workers']} | 0/{r['runs']} | no finished run | - | - | - | - | - | - |")
+            lines.append(f"| {r['arm']} | {r['workers']} | 0/{r['runs']} | 0/{r['runs']} | no finished run | - | - | "
+                         "- | - | - | - | - |")
             continue
-        bpi = sum(r["bytes_per_iteration"].values())
-        bps = sum(r["bytes_per_s"].values())
         lines.append(
-            f"| {r['algo']} | {r['workers']} | {r['solved']}/{r['runs']} | {_fmt(r['ttt_median'], ' s')} "
-            f"[{_fmt(r['ttt_lo'])}, {_fmt(r['ttt_hi'])}] | {_fmt(r['speedup'])} [{_fmt(r['speedup_lo'])}, "
-            f"{_fmt(r['speedup_hi'])}] | {_fmt(r['efficiency'])} | {_fmt(r['steps_per_s'])} | "
-            f"{_fmt(r['episodes_to_train'])} | {_fmt(bpi)} | {_fmt(bps)} |")
+            f"| {r['arm']} | {r['workers']} | {r['solved_eval']}/{r['runs']} | {r['confirmed']}/{r['runs']} | "
+            f"{_iv(r, 'ttt_median')} | {_iv(r, 'speedup')} | {_iv(r, 'efficiency')} | {_fmt(r['steps_per_s'])} | "
+            f"{_fmt(r['episodes_to_threshold'])} | {_fmt(r['bytes_per_env_step'])} | {_fmt(r['bytes_to_threshold'])} "
+            f"| {r['transport']} |")
     problems = [p for r in rows for p in r["problems"]]
     if problems:
         lines += ["", "Runs not counted (missing, unfinished or corrupt):", ""] + [f"- {p}" for p in problems]
-    lines += ["", extra] if extra else []
-    lines += [""] + [f"![{p.stem}]({p.parent.name}/{p.name})" for p in images]
+    lines += ["", "## Arms", "", "| arm | algorithm | sync | parameters | backend | transport | settings |",
+              "|---|---|---|---|---|---|---|"]
+    for a in arm_rows:
+        sync = a["sync"] or ("scalars" if a["algo"] == "es" else "-")
+        settings = ", ".join(f"{k}={v}" for k, v in a["settings"].items()) or "defaults"
+        lines.append(f"| {a['arm']} | {a['algo']} | {sync} | {_fmt(a['num_params'])} | {a['backend']} | "
+                     f"{a['transport'] or '-'} | {settings} |")
+    lines += ["", "## Traffic", "",
+              "Bytes per env step and bytes to the confirmed target put every arm on one axis. The transport says "
+              "what the bytes are: `pipe` and `ray` bytes are serialized messages between processes (network "
+              "bytes once workers sit on other machines); `shared-memory` bytes are copies into and out of one "
+              "machine's shared memory (lock, hogwild), not network bytes; `in-process` moves nothing. "
+              "`(inferred)` marks runs written before summaries named their transport. Start-up bytes (the first "
+              "full state) are kept apart where the runs record them."]
+    startup = [f"{r['arm']} at {r['workers']} workers: {_fmt(r['bytes_startup'])} B" for r in rows
+               if r.get("bytes_startup") is not None]
+    if startup:
+        lines += ["", "Start-up bytes (median): " + "; ".join(startup) + "."]
+    if model_text:
+        lines += ["", model_text]
+    lines += ["", "## Machine", "", f"Source: {machine.get('source', 'unknown')}."
+              + (f" Note: {machine['note']}." if machine.get("note") else ""), "", "| | |", "|---|---|"]
+    lines += machine_info.describe(machine)
+    lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.parent.name}/{p.name})" for p in images]
     return "\n".join(lines) + "\n"
 
 
 def html(md_text: str, images: list[Path]) -> str:
-    """A self-contained page: the table as HTML, the plots inlined as base64 PNG."""
-    body, in_table = [], False
-    for line in md_text.splitlines():
-        if line.startswith("|---"):
+    """A self-contained page: the tables as HTML, the plots inlined as base64 PNG."""
+    body, in_table, in_list = [], False, False
+    for raw in md_text.splitlines():
+        line = htmllib.escape(raw, quote=False)
+        if raw.startswith("|---"):
             continue
-        if line.startswith("|"):
+        is_row, is_item = raw.startswith("|"), raw.startswith("- ")
+        if in_table and not is_row:
+            body.append("</table>")
+            in_table = False
+        if in_list and not is_item:
+            body.append("</ul>")
+            in_list = False
+        if is_row:
             cells = [c.strip() for c in line.strip("|").split("|")]
-            tag = "th" if not in_table else "td"
+            tag = "td" if in_table else "th"
             if not in_table:
                 body.append("<table>")
                 in_table = True
             body.append("<tr>" + "".join(f"<{tag}>{c}</{tag}>" for c in cells) + "</tr>")
-            continue
-        if in_table:
-            body.append("</table>")
-            in_table = False
-        if line.startswith("## "):
-            body.append(f"<h2>{line[3:]}</h2>")
-        elif line.startswith("# "):
-            body.append(f"<h1>{line[2:]}</h1>")
-        elif line.startswith("- "):
+        elif is_item:
+            if not in_list:
+                body.append("<ul>")
+                in_list = True
             body.append(f"<li>{line[2:]}</li>")
-        elif line.startswith("!["):
+        elif raw.startswith("## "):
+            body.append(f"<h2>{line[3:]}</h2>")
+        elif raw.startswith("# "):
+            body.append(f"<h1>{line[2:]}</h1>")
+        elif raw.startswith("![") or not raw.strip():
             continue
-        elif line.strip():
+        else:
             body.append(f"<p>{line}</p>")
+    body.append("</table>" if in_table else "")
+    body.append("</ul>" if in_list else "")
     for p in images:
         data = base64.b64encode(p.read_bytes()).decode()
         body.append(f'<figure><img alt="{p.stem}" src="data:image/png;base64,{data}"><figcaption>{p.stem}'
                     "</figcaption></figure>")
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;"
-             "font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}figure{display:inline-block;margin:8px}"
-             "img{max-width:520px}")
+             "font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 6px}figure{display:inline-block;"
+             "margin:8px}img{max-width:520px}")
     return f"<!doctype html><html><head><meta charset='utf-8'><title>esrl report</title><style>{style}</style>" \
            f"</head><body>{''.join(body)}</body></html>\n"
 
 
+def _jsonable(x: Any) -> Any:
+    """Non-finite floats as strings ("inf", "nan"): report.json stays strict JSON."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.generic):
+        return _jsonable(x.item())
+    return x
+
+
 def report(sweep_dir: str | Path, bandwidth: float = 125e6, latency: float = 1e-4) -> dict[str, Any]:
-    """Write report.md, report.html and plots/ into the sweep directory; returns their paths and the table."""
-    from esrl.experiments import model
+    """Write report.md, report.html, report.json and plots/ into the sweep directory."""
+    from esrl.experiments import model, plots
 
     d = Path(sweep_dir)
     spec, records = load(d)
-    rows = table(spec, records)
-    images = plots(spec, rows, records, d / "plots")
-    fits = model.fit(spec, records)
+    target = target_of(spec, records)
+    kind = interval_kind(group_sizes(spec, records))
+    rows = table(spec, records, kind)
+    fits = model.fit(spec, records, target)
+    ref = "es" if "es" in spec["algos"] else spec["algos"][0]
+    verdict = verdicts.build(list(spec["algos"]), list(spec["workers"]), records, rows, kind, target,
+                             model.crossovers(fits, ref, bandwidth, latency))
+    images = plots.make(spec, rows, records, d / "plots", target, kind)
     if fits:
-        images.append(model.plot(fits, rows, spec, d / "plots" / "scaling_model.png", bandwidth, latency))
-    extra = model.describe(fits, bandwidth, latency) if fits else ""
-    md = markdown(spec, rows, images, extra)
+        images.append(model.plot(fits, rows, d / "plots" / "scaling_model.png", bandwidth, latency))
+    machine = machine_of(d)
+    arm_rows = arms(spec, records)
+    md = markdown(spec, rows, arm_rows, verdict, machine, images, model.describe(fits, bandwidth, latency)
+                  if fits else "", target)
     atomic_write(d / "report.md", md.encode())
     atomic_write(d / "report.html", html(md, images).encode())
-    atomic_write(d / "report.json", json.dumps({"rows": rows, "model": fits}, indent=2, default=str).encode())
-    return {"report_md": str(d / "report.md"), "report_html": str(d / "report.html"), "rows": rows}
+    doc = {"verdict": verdict, "machine": machine, "target_return": target, "interval": kind, "arms": arm_rows,
+           "rows": rows, "model": fits, "model_hub": {"bandwidth_bytes_per_s": bandwidth, "latency_s": latency}}
+    atomic_write(d / "report.json", (json.dumps(_jsonable(doc), indent=2) + "\n").encode())
+    return {"report_md": str(d / "report.md"), "report_html": str(d / "report.html"),
+            "report_json": str(d / "report.json"), "rows": rows, "verdict": verdict}

@@ -9,8 +9,12 @@ device and takes one TD step per `n_steps x envs_per_worker` transitions receive
 DQN's replay ratio), refreshing its target network every `target_update` updates. Actors
 wait while they are more than LEAD_UPDATES updates per actor ahead of the learner, so the
 ratio holds whichever side is faster (unthrottled on two cores, the actors took the CPU
-and sent 40x the transitions the learner could use). Staleness is the learner's version when transitions arrive minus the version of the copy
-that chose their actions.
+and sent 40x the transitions the learner could use). Staleness is the learner's version when
+transitions arrive minus the version of the copy that chose their actions.
+
+`transport` is "pipe": what the actors send each update (transitions) goes pickled through
+a queue, most of the bytes; the parameter copies come through shared memory (an actor's
+first copy counts as start-up, kind "state"; later ones as "parameters").
 """
 
 from __future__ import annotations
@@ -108,7 +112,8 @@ class DeviceDQN(DeviceArrangement):
         eps_final = cfg.eps_final ** (1 + wid / max(1, self.n - 1)) if self.n > 1 else cfg.eps_final
         steps, have = setup.start_steps, -1
         flat = torch.zeros_like(self.published)
-        while not link.stop.is_set():
+        first = True  # the copy an actor starts from
+        while link.ready():  # a pause holds the actor between batches of transitions
             if self.produced.value >= self.allowed.value:  # ahead of the learner: let it catch up
                 time.sleep(0.0005)
                 continue
@@ -118,7 +123,11 @@ class DeviceDQN(DeviceArrangement):
                     flat.copy_(self.published)
                     have = self.published_version.value
                 nets.set_flat(q, flat)
-                link.traffic.received["parameters"] += flat.numel() * flat.element_size()
+                nbytes = flat.numel() * flat.element_size()
+                link.traffic.received["state" if first else "parameters"] += nbytes
+                link.traffic.startup += nbytes if first else 0
+                link.traffic.messages += 1
+                first = False
             cols: list[list[np.ndarray]] = [[], [], [], [], []]
             for _ in range(cfg.n_steps):
                 obs = envs.obs.copy()
@@ -146,6 +155,8 @@ class DeviceDQN(DeviceArrangement):
         per_update = self.per_update
         credit, target_epoch, mine = 0, self.version // cfg.target_update, 0
         while not self.halt.is_set():
+            if self.learner_paused():  # transitions wait in the queue; the actors are held too
+                continue
             try:
                 items = [pickle.loads(self.transitions.get(timeout=0.05 if credit < per_update else 0))]
             except queue.Empty:
@@ -162,6 +173,8 @@ class DeviceDQN(DeviceArrangement):
                 self.staleness.append(self.version - version)
             if credit < per_update or len(self.replay) < cfg.learning_starts:
                 credit = credit if len(self.replay) >= cfg.learning_starts else 0
+                continue
+            if self.paused.is_set():  # paused while this thread waited on the queue: no update begins now
                 continue
             credit -= per_update
             grad, loss = td_gradient(self.model, self.target, self.replay.sample(cfg.batch_size, gen), cfg.gamma,

@@ -5,10 +5,16 @@ The coordinator owns the flat parameters and the optimizer state on the device a
 the learner (and, for GA3C, the predictor) as threads; actors are forked processes that
 step Gymnasium envs on the CPU and send what they see through queues. The arrangement is
 both the "pool" and the "store" of `esrl.train_rl`: it answers `start`, `poll`, `close`,
-`traffic`, `events`, `staleness`, `live_workers`, `snapshot`, `load`. Actors are forked
-before any thread starts. A dead actor or a failing thread ends the run with the cause
+`traffic`, `events`, `staleness`, `live_workers`, `snapshot`, `load`, `pause`, `resume`,
+`transport`. Actors are forked before any thread starts. A dead actor or a failing thread ends the run with the cause
 named (`WorkerFailure`); actors are not replaced, since forking a process that runs
 threads can copy a lock another thread held.
+
+Traffic: every message an actor puts on a queue, every reply it reads, every copy of the
+parameters it takes from shared memory and every report it sends is counted (reports as
+kind "report", received). Pausing: a shared flag; actors look at it between their units of
+work (a trajectory, a batch of transitions) and the learner thread before each update; a
+predictor keeps answering, so an actor in the middle of a trajectory can finish it.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from esrl.backends.base import Traffic
 from esrl.backends.pool import WorkerFailure
 from esrl.rl import optim
 from esrl.rl.common import Report
-from esrl.shm import Flag, die_with_parent
+from esrl.shm import PAUSE_NAP_S, Flag, die_with_parent, hold
 
 REPORT_S = 0.1
 
@@ -39,8 +45,8 @@ def resolve_device(name: str) -> torch.device:
 class ActorLink:
     """An actor's end: its queues, byte counts and the report it sends every REPORT_S seconds."""
 
-    def __init__(self, wid: int, reports: Any, stop: Flag) -> None:
-        self.wid, self.reports, self.stop = wid, reports, stop
+    def __init__(self, wid: int, reports: Any, stop: Flag, pause: Flag) -> None:
+        self.wid, self.reports, self.stop, self.pause = wid, reports, stop, pause
         self.traffic = Traffic()
         self.acc = Report()
         self.staleness: list[int] = []
@@ -53,6 +59,13 @@ class ActorLink:
         self.traffic.messages += 1
         q.put(data)
 
+    def ready(self) -> bool:
+        """Between two units of work: wait out a pause (reporting first); False once the run stops."""
+        if self.pause.is_set():
+            self.maybe_report(force=True)
+            return hold(self.pause, self.stop)
+        return not self.stop.is_set()
+
     def maybe_report(self, force: bool = False) -> None:
         now = time.perf_counter()
         if force or now - self.last >= REPORT_S:
@@ -60,7 +73,8 @@ class ActorLink:
             self.acc, self.traffic, self.staleness, self.last = Report(), Traffic(), [], now
 
 
-def actor_main(body: Callable[[ActorLink], None], wid: int, reports: Any, stop: Flag, queues: list[Any]) -> None:
+def actor_main(body: Callable[[ActorLink], None], wid: int, reports: Any, stop: Flag, pause: Flag,
+               queues: list[Any]) -> None:
     """An actor process: run `body` until the stop flag; report failures as the pool's workers do."""
     die_with_parent()
     import signal
@@ -69,7 +83,7 @@ def actor_main(body: Callable[[ActorLink], None], wid: int, reports: Any, stop: 
     torch.set_num_threads(1)
     for q in queues:  # what is still buffered when the run stops may be dropped; exiting must not wait on it
         q.cancel_join_thread()
-    link = ActorLink(wid, reports, stop)
+    link = ActorLink(wid, reports, stop, pause)
     try:
         body(link)
         link.maybe_report(force=True)
@@ -83,6 +97,7 @@ class DeviceArrangement:
     """Base: device parameters + optimizer, actor processes, learner threads; see the module docstring."""
 
     threads: tuple[str, ...] = ()  # names of methods run as threads until `close`
+    transport = "pipe"  # what actors send and receive goes through queues and pipes (pickled)
 
     def __init__(self, setup: Any, params: torch.Tensor, spec: optim.OptimSpec, workers: int, ctx: Any,
                  device: torch.device) -> None:
@@ -99,6 +114,7 @@ class DeviceArrangement:
         self.staleness: list[int] = []
         self.reports = ctx.Queue()
         self.stop = Flag(ctx)
+        self.paused = Flag(ctx)  # read by the actors and by the learner threads
         self.halt = threading.Event()
         self.procs: dict[int, Any] = {}
         self._threads: list[threading.Thread] = []
@@ -144,7 +160,8 @@ class DeviceArrangement:
     def start(self) -> None:
         for wid in range(self.n):  # every fork before any thread
             body, queues = self.actor_body(wid)
-            proc = self.ctx.Process(target=actor_main, args=(body, wid, self.reports, self.stop, queues), daemon=True)
+            proc = self.ctx.Process(target=actor_main, args=(body, wid, self.reports, self.stop, self.paused, queues),
+                                    daemon=True)
             proc.start()
             self.procs[wid] = proc
         self.after_fork()
@@ -155,6 +172,20 @@ class DeviceArrangement:
 
     def after_fork(self) -> None:
         """Close what only the actors use (pipe ends) once they are forked."""
+
+    def pause(self) -> None:
+        """From now on no actor begins a unit of work and the learner no update; returns at once."""
+        self.paused.set()
+
+    def resume(self) -> None:
+        self.paused.clear()
+
+    def learner_paused(self) -> bool:
+        """For a learner thread, before each update: True (after a short nap) while the run is paused."""
+        if self.paused.is_set():
+            time.sleep(PAUSE_NAP_S)
+            return True
+        return False
 
     def _guard(self, loop: Callable[[], None]) -> None:
         try:
@@ -171,14 +202,11 @@ class DeviceArrangement:
 
     def _take(self, raw: bytes) -> list[Report]:
         kind, _wid, *body = pickle.loads(raw)
+        self.traffic.received["report"] += len(raw)
+        self.traffic.messages += 1
         if kind == "report":
             rep, traffic, staleness = body
-            for k, v in traffic.sent.items():
-                self.traffic.sent[k] += v
-            for k, v in traffic.received.items():
-                self.traffic.received[k] += v
-            self.traffic.messages += traffic.messages
-            self.traffic.compute_s += traffic.compute_s
+            self.traffic.add(traffic)
             self.staleness.extend(staleness)
             return [rep]
         if kind == "done":
@@ -219,20 +247,21 @@ class DeviceArrangement:
             except queue.Empty:
                 continue
             kind, wid, *_ = pickle.loads(raw)
+            try:
+                out += self._take(raw)
+            except WorkerFailure:
+                pass
             if kind == "done":
                 done.add(wid)
-            else:
-                try:
-                    out += self._take(raw)
-                except WorkerFailure:
-                    pass
         while True:  # what exited actors left in the queue
             try:
                 raw = self.reports.get(timeout=0.01)
             except queue.Empty:
                 break
-            if pickle.loads(raw)[0] == "report":
+            try:
                 out += self._take(raw)
+            except WorkerFailure:
+                pass
         self.halt.set()
         for th in self._threads:
             th.join(5)

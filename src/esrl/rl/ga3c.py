@@ -10,6 +10,9 @@ training queue. The trainer thread batches whatever trajectories are waiting (at
 per actor), recomputes the advantages with the current values (returns - V_now), takes one
 gradient of the A3C loss and applies one optimizer step. Policy lag is measured as
 staleness: version at apply minus the oldest version that chose an action of the batch.
+
+`transport` is "pipe": observations, predictions and trajectories travel pickled through
+queues and pipes; the parameters never leave the device.
 """
 
 from __future__ import annotations
@@ -61,10 +64,11 @@ class GA3C(DeviceArrangement):
             link.send(self.predictions, "observations", (wid, obs))
             raw = reply.recv_bytes()
             link.traffic.received["predictions"] += len(raw)
+            link.traffic.messages += 1
             return pickle.loads(raw)
 
         out, value, log_std, version = predict(envs.obs)
-        while not link.stop.is_set():
+        while link.ready():  # a pause holds the actor between trajectories
             t0 = time.perf_counter()
             obs_buf = np.zeros((t_len, e, spec.obs_dim), np.float32)
             act_buf = np.zeros((t_len, e) if spec.discrete else (t_len, e, spec.act_dim), np.int64 if spec.discrete
@@ -138,16 +142,24 @@ class GA3C(DeviceArrangement):
 
     def train_loop(self) -> None:
         updates = 0
+        held: list[Any] = []  # trajectories taken while a pause began: the first of the next batch
         while not self.halt.is_set():
-            try:
-                items = [pickle.loads(self.experience.get(timeout=0.05))]
-            except queue.Empty:
+            if self.learner_paused():
                 continue
-            while len(items) < self.n:  # at most one trajectory per actor in a batch
-                try:
+            items = held
+            try:
+                if not items:
+                    items = [pickle.loads(self.experience.get(timeout=0.05))]
+                while len(items) < self.n:  # at most one trajectory per actor in a batch
                     items.append(pickle.loads(self.experience.get_nowait()))
-                except queue.Empty:
-                    break
+            except queue.Empty:
+                pass
+            held = []
+            if not items:
+                continue
+            if self.paused.is_set():  # paused while this thread waited on the queue: no update begins now
+                held = items
+                continue
             dev = self.device
             obs = torch.from_numpy(np.concatenate([it[1] for it in items])).to(dev)
             acts = torch.from_numpy(np.concatenate([it[2] for it in items])).to(dev)

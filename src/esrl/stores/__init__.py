@@ -5,7 +5,8 @@ A store holds the global flat parameter vector and its optimizer state. Workers 
 applies a gradient computed at `version`. The staleness of each applied gradient (updates
 applied by others between its pull and its apply) is measured where the apply happens and
 collected in `client.staleness`. Every client counts the bytes it moves by kind
-(`parameters`, `gradients`). Transports:
+(`parameters`, `gradients`) and the messages (`client.messages`: a pipe or Ray message, or a
+copy into or out of shared memory); a store's `transport` names how they move. Transports:
 
 - `lock`: shared memory, pulls and applies serialized by one lock;
 - `hogwild`: shared memory, lock-free (Recht et al. 2011), optimizer statistics shared

@@ -109,6 +109,8 @@ class RayStore(ServerStore):
     the run (its twins' actors) that `close()` ends with the shards; `shutdown` also stops Ray.
     """
 
+    transport = "ray"
+
     def __init__(self, params: torch.Tensor, spec: OptimSpec, shards: int = 1, owned: list[Any] | None = None,
                  shutdown: bool = False) -> None:
         flat = params.detach().float().clone()
@@ -206,6 +208,7 @@ class RayReplay:
     def _reset(self) -> None:
         self.sent: dict[str, int] = defaultdict(int)
         self.received: dict[str, int] = defaultdict(int)
+        self.messages = 0  # a call and its reply are two; a fire-and-forget add is one
         self.staleness: list[int] = []
         self._known, self._at, self._last = 0, 0.0, None
 
@@ -223,6 +226,7 @@ class RayReplay:
             self._at = time.monotonic()
             self.sent["requests"] += 1
             self.received["requests"] += 8
+            self.messages += 2
         return self._known
 
     def __len__(self) -> int:
@@ -234,12 +238,14 @@ class RayReplay:
         self._last = self.actor.add.remote(msg)
         self._known += len(obs)
         self.sent["experience"] += len(msg)
+        self.messages += 1
 
     def sample(self, n: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
         seed = int(torch.randint(0, 2**62, (1,), generator=gen))
         data: bytes = _ray().get(self.actor.sample.remote(n, seed))
         self.sent["requests"] += 16
         self.received["experience"] += len(data)
+        self.messages += 2
         (added,) = _Q.unpack_from(data, 0)
         self._known, self._at = max(self._known, added), time.monotonic()
         cols = _unpack(data[8:], self.obs_dim, _np_dtype(self.obs_dtype))
@@ -272,6 +278,7 @@ class RayCounter:
             value)
         self.sent: dict[str, int] = defaultdict(int)
         self.received: dict[str, int] = defaultdict(int)
+        self.messages = 0
         self.staleness: list[int] = []
 
     def __getstate__(self) -> dict[str, Any]:
@@ -283,6 +290,7 @@ class RayCounter:
     def _call(self, ref: Any) -> int:
         self.sent["requests"] += 8
         self.received["requests"] += 8
+        self.messages += 2
         return int(_ray().get(ref))
 
     @property

@@ -119,6 +119,8 @@ def shard_slices(n: int, shards: int) -> list[tuple[int, int]]:
 class ServerStore:
     """`shards` server processes, each owning a contiguous slice of the parameter vector."""
 
+    transport = "pipe"
+
     def __init__(self, params: torch.Tensor, spec: OptimSpec, ctx: Any, slots: int, shards: int = 1) -> None:
         flat = params.detach().float().clone()
         self.n = flat.numel()
@@ -191,13 +193,18 @@ class ServerStore:
 
 
 class ServerClient:
-    """A worker's pipes to every shard; counts the bytes it sends and receives."""
+    """A worker's pipes to every shard; counts the bytes and messages it sends and receives.
+
+    Every framed message on a shard's pipe is one message: a pull is a request and a reply
+    per shard (2 x shards), a push one gradient slice per shard (shards).
+    """
 
     def __init__(self, conns: list[Connection], slices: list[tuple[int, int]],
                  others: list[Connection] | None = None) -> None:
         self.conns, self.slices, self._others = conns, slices, others or []
         self.sent: dict[str, int] = defaultdict(int)
         self.received: dict[str, int] = defaultdict(int)
+        self.messages = 0
         self.staleness: list[int] = []
         self._versions = [0] * len(conns)
 
@@ -211,6 +218,7 @@ class ServerClient:
         for c in self.conns:
             c.send_bytes(b"p")
         self.sent["requests"] += len(self.conns)
+        self.messages += 2 * len(self.conns)
         flat = out.view(-1)
         for i, (c, (lo, hi)) in enumerate(zip(self.conns, self.slices, strict=True)):
             data = c.recv_bytes()
@@ -229,3 +237,4 @@ class ServerClient:
             msg = b"g" + _Q.pack(self._versions[i]) + g[lo:hi].tobytes()
             c.send_bytes(msg)
             self.sent["gradients"] += len(msg)
+        self.messages += len(self.conns)

@@ -15,6 +15,8 @@ from esrl.shm import Counter, ProcessLock
 class SharedStore:
     """Parameters and optimizer state in shared memory; clients apply updates themselves."""
 
+    transport = "shared-memory"
+
     def __init__(self, params: torch.Tensor, spec: OptimSpec, ctx: Any, lock_apply: bool) -> None:
         self.spec = spec
         self.lock_apply = lock_apply
@@ -48,12 +50,16 @@ class SharedStore:
 
 
 class SharedClient:
-    """A worker's handle on a SharedStore (inherited by forked workers)."""
+    """A worker's handle on a SharedStore (inherited by forked workers).
+
+    Each pull (a copy out of shared memory) and each push (the apply into it) is one message.
+    """
 
     def __init__(self, store: SharedStore) -> None:
         self.store = store
         self.sent: dict[str, int] = defaultdict(int)
         self.received: dict[str, int] = defaultdict(int)
+        self.messages = 0
         self.staleness: list[int] = []  # of each applied push, drained by the worker's reports
 
     def pull(self, out: torch.Tensor) -> int:
@@ -66,6 +72,7 @@ class SharedClient:
             version = s.version
             out.copy_(s.params)
         self.received["parameters"] += out.numel() * out.element_size()
+        self.messages += 1
         return version
 
     def push(self, grad: torch.Tensor, version: int) -> None:
@@ -74,6 +81,7 @@ class SharedClient:
     def _apply(self, grad: torch.Tensor, version: int) -> int:
         s = self.store
         self.sent["gradients"] += grad.numel() * grad.element_size()
+        self.messages += 1
         if s.lock_apply:
             with s._lock:
                 step = s._version.add(1)
