@@ -6,7 +6,8 @@ Per arm, from the sweep's runs:
          solves at two or more worker counts exist, else constant (the report prints which);
   m(n)   messages per env step, m0 + m1 n;
   b(n)   bytes per env step. RL: b0 + b1 n, fitted. ES: built from its message format, per
-         iteration n f_w + (P + E) f_m + 4 n P bytes (f_w: task, digest and the fixed part of
+         iteration n f_w + (P + E) f_m + 4 n P bytes (E: evaluation episodes sent to workers, 0
+         since the coordinator plays evaluations; f_w: task, digest and the fixed part of
          the broadcast, per worker; f_m: a result, per episode; 4 n P: every worker receives
          every one of the P shaped returns as a float32), over P L training env steps;
   k      tasks per iteration: ES hands out ranges of at least 2 members and one evaluation
@@ -88,8 +89,10 @@ def _es_traffic(runs: list[Any]) -> dict[str, float]:
     for r in runs:
         es_cfg, run_cfg = r.config.get("es", {}), r.config.get("run", {})
         pop = int(es_cfg.get("population", config.ESConfig().population))
-        n_eval = r.eval_episodes_per_iteration()
-        if n_eval is None:  # runs from before evaluation was counted apart: the configured schedule
+        # the coordinator plays evaluations itself (esrl.protocol): no tasks, no result bytes; runs
+        # from before evaluation was counted apart sent them to the workers on the configured schedule
+        n_eval = 0.0 if r.eval_episodes_per_iteration() is not None else None
+        if n_eval is None:
             n_eval = run_cfg.get("eval_episodes", config.RunConfig().eval_episodes) / max(1, run_cfg.get("eval_every",
                                                                                                         1))
         iters = max(1, len(r.metrics))
