@@ -70,7 +70,7 @@ def test_device_dqn_learner_runs_on_the_cpu(tmp_path):
     s = train_rl("dqn", run_cfg(tmp_path / "r", max_iterations=4), cfg, show_progress=False)
     assert s["sync"] == "device" and s["iterations"] == 4 and s["updates"] >= 150
     ms = lines(tmp_path / "r")
-    assert all("td" in m["losses"] for m in ms)
+    assert all("td" in m["losses"] for m in ms[1:])  # line 0: the initial policy's evaluation
     assert sum(m["bytes_received"].get("parameters", 0) for m in ms) > 0  # actors refreshed their copies
     assert any(m["staleness_max"] for m in ms)  # actors act with copies that lag the learner
     # the replay ratio of the CPU DQN: one update per n_steps x envs_per_worker (2) transitions, both ways:

@@ -141,13 +141,13 @@ def test_a3c_on_ray_counts_every_update_and_its_bytes(tmp_path):
 def test_dqn_global_replay_and_dynaq_world_model_live_in_actors(tmp_path):
     dqn = DQNConfig(hidden=(16,), learning_starts=64, batch_size=32, report_every=50, target_update=20,
                     sync="param-server", replay="global")
-    s = train_rl("dqn", run_cfg(tmp_path / "dqn", max_iterations=2), dqn, show_progress=False)
+    s = train_rl("dqn", run_cfg(tmp_path / "dqn", max_iterations=3), dqn, show_progress=False)
     lines = _lines(tmp_path / "dqn")
     assert s["updates"] >= 100 and sum(m["bytes_sent"].get("experience", 0) for m in lines) > 0
     assert sum(m["bytes_received"].get("experience", 0) for m in lines) > 0  # sampled from the replay actor
     dynaq = DynaQConfig(hidden=(16,), model_hidden=(16,), learning_starts=64, batch_size=32, report_every=50,
                         target_update=20, sync="param-server", planning_ratio=2.0)
-    s = train_rl("dynaq", run_cfg(tmp_path / "dynaq", max_iterations=2), dynaq, show_progress=False)
+    s = train_rl("dynaq", run_cfg(tmp_path / "dynaq", max_iterations=3), dynaq, show_progress=False)
     lines = _lines(tmp_path / "dynaq")
     real = sum(m["counts"].get("real_transitions", 0) for m in lines)
     sim = sum(m["counts"].get("simulated_transitions", 0) for m in lines)

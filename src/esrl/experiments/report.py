@@ -154,8 +154,8 @@ def markdown(spec: dict[str, Any], rows: list[dict[str, Any]], arm_rows: list[di
              f"(ratio = median time-to-threshold of the slower over the faster):", "", verdict["text"], "",
              "## The runs", "",
              f"Grid: workers {spec['workers']}, {spec['seeds']} seeds, backend `{spec['backend']}`, budget "
-             f"{spec['max_seconds']} s per run, target return {_fmt(target)}. Time to threshold includes worker "
-             "start-up and evaluation; a run counts as solved only when its solve was confirmed on fresh episodes; "
+             f"{spec['max_seconds']} s per run, target return {_fmt(target)}. Time to threshold is training time: "
+             "worker start-up included, evaluations (training paused) excluded; a run counts as solved only when its solve was confirmed on fresh episodes; "
              f"unsolved runs count as infinitely slow. Intervals: {verdicts.interval_note(kind)}.", "",
              f"| arm | workers | solved (evaluation) | confirmed | time to threshold, median [{kind}] | "
              f"speedup [{kind}] | efficiency [{kind}] | env steps/s | episodes to threshold | bytes/env step | "
