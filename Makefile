@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-slow lint bench clean
+.PHONY: install demo test test-slow lint bench bench-device device-dry-run device-bundle clean
 
 $(STAMP): pyproject.toml
 	@# headless rendering of MuJoCo videos (esrl evaluate --video) uses Mesa's EGL; install it where missing
@@ -43,6 +43,23 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/es_throughput.py
 	$(BIN)/python benchmarks/time_to_solve.py --algos es,a3c,dqn
 	$(BIN)/python benchmarks/rl_throughput.py
+
+# The accelerator machine's suite (benchmarks/device_suite.py): under 8 minutes, every part capped at 3.
+# There it runs on the machine's own python3 and torch, with the wheels of `make device-bundle`:
+#   PYTHONUNBUFFERED=1 python3 benchmarks/device_suite.py --out /tmp/device --archive $OUT/device-suite.tar.gz
+DEVICE_PY ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+DEVICE_OUT ?= runs/device-$(shell date +%Y%m%d-%H%M%S)
+bench-device:
+	$(DEVICE_PY) benchmarks/device_suite.py --out $(DEVICE_OUT)
+
+# The same suite with tiny sizes on the CPU (CUDA rows skipped with the reason); tests/test_device_suite.py runs it too.
+device-dry-run: $(STAMP)
+	rm -rf runs/device-dry-run
+	$(BIN)/python benchmarks/device_suite.py --dry-run --out runs/device-dry-run
+
+# Wheels the device machine lacks (Python 3.12, manylinux x86-64; it has no package index), into .device-bundle/
+device-bundle: $(STAMP)
+	$(BIN)/python benchmarks/device_suite.py --bundle .device-bundle
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

@@ -62,7 +62,8 @@ def local_ray(_ray_session: dict[str, bool]) -> Any:
     if a module in between shut it down (the cluster tests run their own)."""
     ray = pytest.importorskip("ray")
     if not ray.is_initialized():
-        ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", num_cpus=4,
-                 log_to_driver=False)
+        from esrl.backends.ray_backend import init
+
+        init(None, num_cpus=4)  # esrl's own path: the loopback-only local instance a run starts
         _ray_session["started"] = True
     return ray

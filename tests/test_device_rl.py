@@ -110,7 +110,7 @@ def test_device_arrangement_input_errors(tmp_path, capsys):
 @pytest.mark.gpu
 @CUDA
 def test_ga3c_on_cuda(tmp_path):
-    cfg = A3CConfig(hidden=(16,), envs_per_worker=2, report_every=20)
+    cfg = A3CConfig(sync="ga3c", hidden=(16,), envs_per_worker=2, report_every=20)  # chosen by name, not by cuda
     s = train_rl("a3c", run_cfg(tmp_path / "r", device="cuda"), cfg, show_progress=False)
     assert s["sync"] == "ga3c" and s["updates"] >= 60
 
@@ -118,7 +118,7 @@ def test_ga3c_on_cuda(tmp_path):
 @pytest.mark.gpu
 @CUDA
 def test_device_dqn_on_cuda(tmp_path):
-    cfg = DQNConfig(hidden=(32,), learning_starts=64, batch_size=32, report_every=50)
+    cfg = DQNConfig(sync="device", hidden=(32,), learning_starts=64, batch_size=32, report_every=50)
     s = train_rl("dqn", run_cfg(tmp_path / "r", device="cuda"), cfg, show_progress=False)
     assert s["sync"] == "device" and s["updates"] >= 150
 

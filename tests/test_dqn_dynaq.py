@@ -155,3 +155,60 @@ def test_global_replay_is_one_memory_for_all_workers():
     assert a.replay is b.replay and a.replay.added == 2 * 5 * setup.cfg.n_steps
     c, d = local.build_worker(0, None), local.build_worker(1, None)
     assert c.replay is not d.replay
+
+
+def _newest(run_dir: Path) -> dict:
+    from tests.conftest import final_state
+
+    return final_state(run_dir)
+
+
+def test_resumed_dynaq_keeps_its_world_model_and_planning_counts(tmp_path):
+    from esrl.rl.dynaq import DynaQSetup
+    from esrl.train_rl import context
+
+    d, cfg = tmp_path / "q", tiny_dynaq(planning_ratio=1.0)
+    run = run_cfg(d, workers=2, backend="serial", max_iterations=4)
+    train_rl("dynaq", run, cfg, show_progress=False)
+    saved = _newest(d)
+    version, simulated, real = (int(x) for x in saved["model_counts"])
+    assert version > 0 and simulated > 0 and real > 0  # the world model trained and the planners planned
+    # a resumed run attaches fresh stores, then puts the checkpoint's world model and counts back
+    setup = DynaQSetup(cfg, SPEC, run.seed).attach(context(), 2).restore(saved)
+    params, state, v = setup.model_store.snapshot()
+    assert v == version and setup.simulated.value == simulated and setup.real_transitions() == real
+    for name, t in (("model_params", params), ("model_opt_m", state["m"]), ("model_opt_v", state["v"])):
+        assert np.array_equal(t.numpy(), saved[name]), name  # bit for bit
+    init = nets.get_flat(setup.build_world_model())
+    assert not torch.equal(init, params)
+    # end to end: the resumed run's counts go on from the checkpoint's, not from zero
+    train_rl("dynaq", dataclasses.replace(run, max_iterations=6), cfg, resume=True, show_progress=False)
+    after = _newest(d)["model_counts"]
+    assert after[0] > version and after[2] > real
+
+
+def test_planners_imagine_the_actors_epsilon_greedy_actions():
+    from esrl.rl.dynaq import DynaQSetup, Planner
+    from esrl.train_rl import context
+
+    obs = torch.randn(64, SPEC.obs_dim)
+    for eps, expect_greedy in ((0.0, True), (1.0, False)):
+        cfg = tiny_dynaq(eps_start=eps, eps_final=eps)
+        setup = DynaQSetup(cfg, SPEC, 0).attach(context(), 2)
+        planner = Planner(setup, 1, make_client())
+        greedy = planner.learner.q(obs).argmax(-1)
+        acts = planner.imagined_actions(obs)
+        assert torch.equal(acts, greedy) is expect_greedy
+    uniform = Planner(DynaQSetup(tiny_dynaq(planning_actions="uniform", eps_start=0.0, eps_final=0.0), SPEC, 0)
+                      .attach(context(), 2), 1, make_client())
+    assert not torch.equal(uniform.imagined_actions(obs), uniform.learner.q(obs).argmax(-1))
+
+
+def make_client():
+    """A client of a store holding a fresh Q-network (a planner's learner only needs one to exist)."""
+    from esrl.rl.optim import OptimSpec
+    from esrl.stores import make_store
+    from esrl.train_rl import context
+
+    params = nets.get_flat(DQNSetup(tiny_dqn(), SPEC, 0).build_model())
+    return make_store("lock", params, OptimSpec(), context()).client(0)

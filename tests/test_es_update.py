@@ -22,9 +22,27 @@ def test_gradient_estimate_and_sgd_step_match_the_formula():
     assert np.array_equal(eps[0], -eps[1]) and np.array_equal(eps[2], -eps[3])
     shaped = np.array([1.0, -0.5, 0.25, 0.0], np.float32)
     rep.apply(es.Update(0, shaped, None, None, 0.0, 500))
-    grad = sum(f * e for f, e in zip(shaped, eps, strict=True)) / (4 * 0.05) - 0.01 * theta0
+    # the paper's starter: l2 * theta comes off the mean before the division by sigma
+    grad = (sum(f * e for f, e in zip(shaped, eps, strict=True)) / 4 - 0.01 * theta0) / 0.05
     np.testing.assert_allclose(rep.theta, theta0 + 0.1 * grad, rtol=1e-4, atol=1e-6)
     assert rep.iteration == 1
+
+
+def test_mean_is_over_ranked_members_and_fewer_than_two_skip_the_step():
+    cfg = tiny_es(population=4, optimizer="sgd", momentum=0.0, lr=0.1, l2=0.0, sigma=0.05, shaping="raw")
+    rep = es.ESSetup(cfg, SPEC, seed=7).build()
+    theta0 = rep.theta.copy()
+    offsets, slots, signs = rep.addresses(0)
+    e0 = signs[0] * rep.table[offsets[slots[0]] : offsets[slots[0]] + rep.dim].astype(np.float64)
+    shaped = np.array([0.5, -0.5, 0.0, 0.0], np.float32)  # the second pair was dropped (non-finite)
+    rep.apply(es.Update(0, shaped, None, None, 0.0, 500, finite=2))
+    np.testing.assert_allclose(rep.theta, theta0 + 0.1 * (0.5 * e0 * 2) / 2 / 0.05, rtol=1e-4, atol=1e-6)
+    theta1 = rep.theta.copy()
+    norm = rep.apply(es.Update(1, np.zeros(4, np.float32), None, None, 0.0, 400, finite=0))
+    assert norm == 0.0 and np.array_equal(rep.theta, theta1) and rep.iteration == 2 and rep.step_cap == 400
+    res = es.Results(np.array([1.0, np.nan, np.nan, 2.0]), np.array([10, 20, 30, 40]))
+    update, nonfinite = es.make_update(cfg, 2, res, 500)
+    assert update.finite == 0 and nonfinite == 2  # both pairs lost a member: nothing is ranked
 
 
 def test_member_params_are_theta_plus_sigma_noise():

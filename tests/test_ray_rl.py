@@ -86,6 +86,15 @@ def test_ray_refuses_shared_memory_sync_naming_the_field():
     check_combination("dqn", RunConfig(backend="ray"), DQNConfig(sync="param-server"))
 
 
+def test_a3c_on_ray_without_a_sync_uses_the_parameter_server(tmp_path):
+    """`esrl train a3c --backend ray --workers 2`: the default sync follows the backend."""
+    d = tmp_path / "auto"
+    summary = train_rl("a3c", run_cfg(d, max_iterations=2), A3CConfig(hidden=(16,), envs_per_worker=2,
+                                                                      report_every=20), show_progress=False)
+    assert summary["sync"] == json.loads((d / "config.json").read_text())["a3c"]["sync"] == "param-server"
+    assert summary["updates"] >= 20
+
+
 def test_ray_store_applies_versions_and_counts_like_the_server_processes():
     import multiprocessing as mp
 

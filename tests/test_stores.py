@@ -152,3 +152,29 @@ def test_process_locks_leave_no_files():
     p.join(10)
     assert c.add(1) == 6  # the child's increment went through the same lock and memory
     assert set(glob.glob("/tmp/esrl-lock-*")) == before  # unlinked at birth: nothing to leak
+
+
+def _sgd_writer(client, stop):
+    torch.set_num_threads(1)
+    ones = torch.ones(client.store.params.numel())
+    while not stop.is_set():
+        client.push(ones, client.store.version)
+
+
+def test_hogwild_snapshot_is_a_consistent_copy():
+    """SGD with lr 1 and gradient 1 from 0: a consistent copy has every parameter at -version exactly."""
+    n = 1 << 20  # a copy long enough for a lock-free writer to tear it
+    store = make_store("hogwild", torch.zeros(n), OptimSpec(kind="sgd", lr=1.0), CTX)
+    stop = CTX.Event()
+    writer = CTX.Process(target=_sgd_writer, args=(store.client(0), stop))
+    writer.start()
+    try:
+        seen = set()
+        while len(seen) < 20:
+            params, _state, version = store.snapshot()
+            assert torch.all(params == -float(version)), (version, params.min().item(), params.max().item())
+            seen.add(version)
+    finally:
+        stop.set()
+        writer.join(10)
+        store.close()

@@ -15,7 +15,7 @@ from esrl.errors import InputError
 
 # settings a resumed run may change: budgets and where it runs, never the algorithm's maths
 RUN_ONLY_OVERRIDES = ("backend", "workers", "max_seconds", "max_iterations", "max_env_steps", "checkpoint_every",
-                      "verify_every", "eval_every_steps", "confirm_episodes", "stop_on_solve")
+                      "verify_every", "eval_every_steps", "confirm_episodes", "stop_on_solve", "tensorboard")
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -78,11 +78,20 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--bandwidth-gbit", type=float, default=1.0, help="scaling model: hub bandwidth [default: 1]")
     rp.add_argument("--latency-us", type=float, default=100.0, help="scaling model: latency per message [default: 100]")
 
-    ev = sub.add_parser("evaluate", help="evaluate a run's latest checkpoint")
+    checkpoint_help = ("latest, best (highest evaluation mean), threshold (first to reach the target) or N (the "
+                       "checkpoint numbered N: ES iteration, RL global updates) [default: latest]")
+    ev = sub.add_parser("evaluate", help="evaluate a run's checkpoint (latest by default)")
     ev.add_argument("run_dir", help="run directory")
     ev.add_argument("--episodes", type=int, default=10, help="episodes to run [default: 10]")
     ev.add_argument("--seed", type=int, default=None, help="evaluation seed [default: the run's seed]")
     ev.add_argument("--video", metavar="PATH", help="also record the episodes to this .mp4 or .gif")
+    ev.add_argument("--checkpoint", default="latest", help=checkpoint_help)
+
+    ex = sub.add_parser("export", help="write a run's policy as a file that runs with torch alone (torch.jit.load)")
+    ex.add_argument("run_dir", help="run directory")
+    ex.add_argument("--format", default="torchscript", help="file format: torchscript [default: torchscript]")
+    ex.add_argument("--checkpoint", default="latest", help=checkpoint_help)
+    ex.add_argument("--out", metavar="FILE", help="output .pt file [default: RUN/policy-CHECKPOINT.pt]")
     return p
 
 
@@ -190,7 +199,14 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     if args.episodes < 1:
         raise InputError("episodes", f"must be >= 1, got {args.episodes}")
-    print(json.dumps(evaluate(args.run_dir, args.episodes, args.seed, args.video), indent=2))
+    print(json.dumps(evaluate(args.run_dir, args.episodes, args.seed, args.video, args.checkpoint), indent=2))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from esrl.export import export
+
+    print(json.dumps(export(args.run_dir, args.format, args.checkpoint, args.out), indent=2))
     return 0
 
 
@@ -219,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
             return _sweep(args)
         if args.command == "report":
             return _report(args)
+        if args.command == "export":
+            return _export(args)
         return _evaluate(args)
     except InputError as exc:
         print(f"esrl: error: {exc}", file=sys.stderr)

@@ -31,9 +31,10 @@ class RunConfig:
     seed: int = _f(0, "run seed; every random stream derives from it")
     backend: str = _f("processes", "where the work runs (vectorized: ES only)",
                       ("serial", "processes", "vectorized", "ray"))
-    address: str = _f("", "ray: cluster to join ('auto' or host:port); empty starts a local instance on 127.0.0.1")
+    address: str = _f("", "ray: cluster to join ('auto': Ray's discovery; host:port: must answer within 10 s); "
+                      "empty starts a local instance listening on 127.0.0.1 only")
     device: str = _f("auto", "torch device of the vectorized backend, and of A3C's and DQN's device arrangements "
-                     "(cuda selects them)", ("cpu", "cuda", "auto"))
+                     "(chosen with --sync ga3c / device; cuda with another sync is refused)", ("cpu", "cuda", "auto"))
     workers: int = _f(0, "workers (0 = one per CPU core; on Ray, one per CPU of the cluster)")
     target_return: float | None = _f(None, "evaluation return that counts as solved (default: the env's reward_threshold)")
     max_seconds: float = _f(600.0, "wall-clock budget in seconds (0 = none)")
@@ -50,6 +51,7 @@ class RunConfig:
     run_dir: str = _f("", "run directory (default: runs/<algo>-<env>-s<seed>)")
     max_episode_steps: int = _f(0, "cap every training and evaluation episode at this many steps (0 = the env's limit)")
     episodic_life: bool = _f(False, "Atari: a lost life ends the training episode (evaluation plays whole games)")
+    tensorboard: bool = _f(True, "also write each metrics line as TensorBoard scalars under RUN/tb/ (step: env steps)")
 
     def env_spec(self) -> Any:
         """The EnvSpec of this run's env: its options, and the episode cap when one is set."""
@@ -104,7 +106,8 @@ class ESConfig:
     momentum: float = _f(0.9, "SGD momentum")
     beta1: float = _f(0.9, "Adam beta1")
     beta2: float = _f(0.999, "Adam beta2")
-    l2: float = _f(0.005, "L2 weight decay coefficient")
+    l2: float = _f(0.0005, "L2 weight decay, in the paper's meaning (the OpenAI starter's l2coeff): subtracted "
+                   "as l2 * theta from the mean of shaped-return-weighted noise before the division by sigma")
     hidden: tuple[int, ...] = _f((16,), "hidden layer sizes, comma-separated (empty: linear)")
     policy: str = _f("auto", "policy network: an MLP, or the paper's CNN for image frames (auto: cnn for images)",
                      ("auto", "mlp", "cnn"))
@@ -144,12 +147,19 @@ class ESConfig:
         _check(self.chunk >= 0, "chunk", f"must be >= 0, got {self.chunk}")
 
 
+OBS_NORM_HELP = ("normalize observations with running statistics, each worker its own (auto: on for MuJoCo's "
+                 "Box observations, off for Dyna-Q and the ga3c/device arrangements, which have none yet)")
+CLIP_REWARDS_HELP = ("clip training rewards to [-1, 1] (auto: on for Atari, as the DQN and A3C papers did); "
+                     "returns and evaluation are never clipped")
+
+
 @dataclass
 class A3CConfig:
     """A3C (Mnih et al. 2016): asynchronous actor-critic workers updating a global model."""
 
-    sync: str = _f("hogwild", "how workers share the global model (ga3c: the model on --device, CPU actors)",
-                   ("hogwild", "lock", "param-server", "ga3c"))
+    sync: str = _f("auto", "how workers share the global model (auto: hogwild on processes and serial, "
+                   "param-server on ray; ga3c: the model on --device, CPU actors)",
+                   ("auto", "hogwild", "lock", "param-server", "ga3c"))
     shards: int = _f(1, "parameter-server shards (param-server only)")
     optimizer: str = _f("adam", "shared optimizer", ("adam", "rmsprop", "sgd"))
     lr: float = _f(1e-3, "learning rate")
@@ -163,6 +173,8 @@ class A3CConfig:
     shared_trunk: bool = _f(False, "policy and value share hidden layers")
     envs_per_worker: int = _f(4, "envs each worker steps together (one batched forward)")
     report_every: int = _f(100, "global updates per metrics line (one 'iteration')")
+    obs_norm: str = _f("auto", OBS_NORM_HELP, ("auto", "on", "off"))
+    clip_rewards: str = _f("auto", CLIP_REWARDS_HELP, ("auto", "on", "off"))
 
     def validate(self) -> None:
         _validate_rl(self, "ga3c")
@@ -175,8 +187,9 @@ class A3CConfig:
 class DQNConfig:
     """Parallel DQN (Gorila, Nair et al. 2015): actor-learner workers updating a global Q-network."""
 
-    sync: str = _f("hogwild", "how workers share the global Q-network (device: learner and replay on --device)",
-                   ("hogwild", "lock", "param-server", "device"))
+    sync: str = _f("auto", "how workers share the global Q-network (auto: hogwild on processes and serial, "
+                   "param-server on ray; device: learner and replay on --device)",
+                   ("auto", "hogwild", "lock", "param-server", "device"))
     shards: int = _f(1, "parameter-server shards (param-server only)")
     replay: str = _f("local", "replay memory per worker or one shared by all", ("local", "global"))
     optimizer: str = _f("adam", "shared optimizer", ("adam", "rmsprop", "sgd"))
@@ -195,6 +208,8 @@ class DQNConfig:
     hidden: tuple[int, ...] = _f((128, 128), "hidden layer sizes")
     envs_per_worker: int = _f(1, "envs each worker steps together")
     report_every: int = _f(500, "global updates per metrics line (one 'iteration')")
+    obs_norm: str = _f("auto", OBS_NORM_HELP, ("auto", "on", "off"))
+    clip_rewards: str = _f("auto", CLIP_REWARDS_HELP, ("auto", "on", "off"))
 
     def validate(self) -> None:
         _validate_dqn(self)
@@ -211,12 +226,17 @@ class DynaQConfig(DQNConfig):
     model_hidden: tuple[int, ...] = _f((128, 128), "world-model hidden layer sizes")
     model_lr: float = _f(1e-3, "world-model learning rate")
     planning_ratio: float = _f(1.0, "simulated transitions per real transition (0 = no planning)")
+    planning_actions: str = _f("epsilon-greedy", "actions of imagined transitions: the current Q's epsilon-greedy "
+                               "ones at the actor's epsilon (what the world model was trained on), or uniform",
+                               ("epsilon-greedy", "uniform"))
 
     def validate(self) -> None:
         _validate_dqn(self)
         _check(self.replay == "global", "replay", f"Dyna-Q's planners need the shared replay, got {self.replay!r}",
                "global")
         _check(self.planning_ratio >= 0, "planning_ratio", f"must be >= 0, got {self.planning_ratio}")
+        _check(self.planning_actions in ("epsilon-greedy", "uniform"), "planning_actions",
+               f"unknown {self.planning_actions!r}", "epsilon-greedy, uniform")
         _check(self.model_lr > 0, "model_lr", f"must be > 0, got {self.model_lr}")
         _check(all(h > 0 for h in self.model_hidden), "model_hidden", f"sizes must be positive, got {self.model_hidden}")
 
@@ -234,8 +254,10 @@ def _validate_dqn(cfg: Any) -> None:
 
 
 def _validate_rl(cfg: Any, device_sync: str = "") -> None:
-    syncs = ("hogwild", "lock", "param-server", *((device_sync,) if device_sync else ()))
+    syncs = ("auto", "hogwild", "lock", "param-server", *((device_sync,) if device_sync else ()))
     _check(cfg.sync in syncs, "sync", f"unknown {cfg.sync!r}", ", ".join(syncs))
+    for name in ("obs_norm", "clip_rewards"):
+        _check(getattr(cfg, name) in ("auto", "on", "off"), name, f"unknown {getattr(cfg, name)!r}", "auto, on, off")
     _check(cfg.shards >= 1, "shards", f"must be >= 1, got {cfg.shards}")
     _check(cfg.optimizer in ("adam", "rmsprop", "sgd"), "optimizer", f"unknown {cfg.optimizer!r}",
            "adam, rmsprop, sgd")
@@ -387,7 +409,37 @@ def load_run(run_dir: str | Path) -> tuple[str, RunConfig, Any]:
     algo = data.get("algorithm") if isinstance(data, dict) else None
     if algo not in ALGORITHMS or algo not in data:
         raise InputError("run_dir", f"{run_dir}/config.json names no known algorithm", ", ".join(ALGORITHMS))
-    return algo, build(RunConfig, data["run"]), build(ALGORITHMS[algo], data[algo])
+    values = data[algo]
+    if algo != "es" and isinstance(values, dict):  # runs recorded before these settings trained without them
+        values = {"obs_norm": "off", "clip_rewards": "off", **values}
+    return algo, build(RunConfig, data["run"]), build(ALGORITHMS[algo], values)
+
+
+DEVICE_SYNC = {"a3c": "ga3c", "dqn": "device"}  # each algorithm's device arrangement, chosen by its name only
+
+
+def resolve_sync(backend: str, sync: str) -> str:
+    """`auto`: hogwild where the workers share one machine's memory (processes, serial), param-server on Ray."""
+    if sync != "auto":
+        return sync
+    return "param-server" if backend == "ray" else "hogwild"
+
+
+def resolve_rl(algo: str, run: RunConfig, cfg: Any, spec: Any = None) -> Any:
+    """The RL config with its `auto` settings decided for this run, as config.json records them: sync from the
+    backend; with the EnvSpec, obs_norm (MuJoCo's Box observations) and clip_rewards (Atari) from the env."""
+    sync = resolve_sync(run.backend, cfg.sync)
+    changes: dict[str, Any] = {"sync": sync}
+    if spec is not None:
+        from esrl import envs
+
+        if cfg.obs_norm == "auto":  # Dyna-Q's planners and the device arrangements have no normalizer yet
+            on = (algo != "dynaq" and sync not in DEVICE_SYNC.values() and not spec.image
+                  and envs.is_mujoco(spec.env_id))
+            changes["obs_norm"] = "on" if on else "off"
+        if cfg.clip_rewards == "auto":
+            changes["clip_rewards"] = "on" if envs.is_atari(spec.env_id) else "off"
+    return dataclasses.replace(cfg, **changes)
 
 
 def check_combination(algo: str, run: RunConfig, cfg: Any, obs_onehot: bool = False, spec: Any = None) -> None:
@@ -407,9 +459,25 @@ def check_combination(algo: str, run: RunConfig, cfg: Any, obs_onehot: bool = Fa
     if algo != "es":
         _check(run.backend in ("serial", "processes", "ray"), "backend", f"{algo} has no {run.backend} backend yet",
                "serial, processes, ray")
+        sync = resolve_sync(run.backend, cfg.sync)
         # shared memory does not span nodes: on Ray the parameters live in parameter-server actors
-        _check(run.backend != "ray" or cfg.sync == "param-server", "sync",
-               f"{cfg.sync} keeps the model on one machine; the ray backend needs param-server", "param-server")
+        _check(run.backend != "ray" or sync == "param-server", "sync",
+               f"{sync} keeps the model on one machine; the ray backend needs param-server", "param-server")
+        # an arrangement is chosen by its name only: --device cuda never turns one into another. Checked here,
+        # before RunConfig.validate looks for a GPU, so a conflict is refused the same way on any machine
+        device_sync = DEVICE_SYNC.get(algo)
+        if run.device == "cuda":
+            _check(device_sync is not None, "device", f"{algo} has no device arrangement", "cpu, auto")
+            _check(sync == device_sync, "device",
+                   f"cuda serves only the {device_sync} arrangement, and sync is {sync} (CPU workers)",
+                   f"cpu or auto with sync {sync}; or --sync {device_sync}")
+        if cfg.obs_norm == "on":
+            _check(algo != "dynaq", "obs_norm", "Dyna-Q's planners learn from imagined states no statistics cover",
+                   "off")
+            _check(sync not in DEVICE_SYNC.values(), "obs_norm",
+                   f"the {sync} arrangement does not normalize observations yet", "off")
+            _check(spec is None or not spec.image, "obs_norm", f"the frames of {run.env} are scaled by the CNN",
+                   "off")
         _check(not obs_onehot, "env", f"{run.env} has Discrete observations; the RL networks take Box ones",
                "an env with a Box observation space")
     elif run.backend == "vectorized":  # envs without a torch version step in Gymnasium, policies stay batched

@@ -111,6 +111,15 @@ def is_atari(env_id: str) -> bool:
     return isinstance(entry, str) and entry.startswith("ale_py")
 
 
+def is_mujoco(env_id: str) -> bool:
+    """True for Gymnasium's MuJoCo ids (Hopper, HalfCheetah, Walker2d, Humanoid...)."""
+    try:
+        entry = gym.spec(env_id).entry_point
+    except gym.error.Error:
+        return False
+    return isinstance(entry, str) and entry.startswith("gymnasium.envs.mujoco")
+
+
 def make(env_id: str, render_mode: str | None = None, episodic_life: bool = False, **kwargs: Any) -> gym.Env:
     """gym.make with Gymnasium's errors turned into an InputError naming the `env` field.
 

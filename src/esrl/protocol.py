@@ -115,6 +115,7 @@ class Evaluation:
     mean: float
     hit: bool  # at or above the target
     first: bool  # the first hit of the run: its parameters are the ones to confirm
+    best: bool = False  # the highest mean so far: its parameters are kept in RUN/best/
 
 
 class Measurement:
@@ -159,15 +160,23 @@ class Measurement:
         c.next_eval_step = (c.env_steps // run.eval_every_steps + 1) * run.eval_every_steps
         mean = float(np.mean(returns))
         c.last_eval_return = mean
-        if math.isfinite(mean):
-            c.best_eval_return = mean if c.best_eval_return is None else max(c.best_eval_return, mean)
+        best = math.isfinite(mean) and (c.best_eval_return is None or mean > c.best_eval_return)
+        if best:
+            c.best_eval_return = mean
         hit = self.target is not None and math.isfinite(mean) and mean >= self.target
         first = hit and not self.solved
         if first:
             c.time_to_threshold_s = clock
             c.env_steps_to_threshold, c.episodes_to_threshold = c.env_steps, c.episodes
             c.threshold_return = mean
-        return Evaluation(mean, hit, first)
+        return Evaluation(mean, hit, first, best)
+
+    def off_clock(self, work: Callable[[], Any]) -> None:
+        """Run an evaluation's own bookkeeping (saving the best parameters) and count it as evaluation time:
+        it exists only because of the evaluation, so it must not move time-to-threshold."""
+        t0 = time.perf_counter()
+        work()
+        self.counters.eval_s += time.perf_counter() - t0
 
     def confirm(self, play: Play) -> float | None:
         """Play the threshold parameters on fresh seeds (outside the timed run); their mean return."""

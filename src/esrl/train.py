@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,7 @@ from esrl.errors import InputError
 from esrl.es import algorithm as es
 from esrl.progress import Progress
 from esrl.protocol import Counters, Measurement, resolve_target
-from esrl.runs import checkpoint, interrupts
+from esrl.runs import checkpoint, interrupts, sinks
 from esrl.runs.rundir import RunDir
 
 ALGORITHM = "es"
@@ -43,10 +44,13 @@ def default_run_dir(run: RunConfig) -> str:
 
 
 def train(run: RunConfig, cfg: ESConfig, overwrite: bool = False, resume: bool = False,
-          show_progress: bool = True, worker_setup: Callable[[es.ESSetup], Any] | None = None) -> dict[str, Any]:
+          show_progress: bool = True, worker_setup: Callable[[es.ESSetup], Any] | None = None,
+          callbacks: Sequence[sinks.Callback] | None = None) -> dict[str, Any]:
     """Train (or resume) an ES run; returns the summary written to summary.json.
 
     `worker_setup` wraps the setup that workers build their replicas from (fault injection).
+    `callbacks` are called with each metrics line (a dict); one that returns False stops the run
+    after that iteration (stop_reason "callback"), checkpointed and resumable.
     """
     t_start = time.perf_counter()
     run.validate()
@@ -93,6 +97,7 @@ def train(run: RunConfig, cfg: ESConfig, overwrite: bool = False, resume: bool =
             backend.close()
             raise
     run = dataclasses.replace(run, run_dir=str(rd.path))
+    sinks.attach(rd, run, callbacks)
     rd.write_json("config.json", {"algorithm": ALGORITHM, "esrl_version": __version__, "run": to_dict(run),
                                   "es": to_dict(cfg), "resolved": {"target_return": target, "workers": workers,
                                   "num_params": master.dim, "noise_table_size": master.table_size}})
@@ -130,6 +135,8 @@ def train(run: RunConfig, cfg: ESConfig, overwrite: bool = False, resume: bool =
                 if ev is not None and ev.first:
                     threshold_play = play(master)
                     save_checkpoint(rd.path / "threshold")
+                if ev is not None and ev.best:
+                    m.off_clock(partial(save_checkpoint, rd.path / "best"))
                 if ev is not None and ev.hit and run.stop_on_solve:
                     last = {"iteration": t, "wall_s": m.elapsed(), "training_s": m.training_s(),
                             "env_steps": counters.env_steps, "episodes": counters.episodes,
@@ -139,10 +146,13 @@ def train(run: RunConfig, cfg: ESConfig, overwrite: bool = False, resume: bool =
                     stop_reason = "solved"
                     break
                 last = _iteration(t, ev, master, backend, cfg, run, spec, workers, m)
-                rd.append_metrics(last)
+                keep_going = rd.append_metrics(last)
                 progress.update(last, run.max_seconds, run.max_iterations)
                 if master.iteration % run.checkpoint_every == 0:
                     save_checkpoint()
+                if not keep_going:  # a callback asked to stop: the final checkpoint follows, as for a budget
+                    stop_reason = "callback"
+                    break
         except KeyboardInterrupt:
             stop_reason, hard_stop = "interrupted", True
         finally:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +21,15 @@ import torch
 from esrl import __version__, envs
 from esrl.backends import default_workers
 from esrl.backends.pool import ProcessPool, SerialPool, WorkerFailure, context
-from esrl.config import RunConfig, check_combination, to_dict
+from esrl.config import RunConfig, check_combination, resolve_rl, to_dict
 from esrl.errors import InputError
+from esrl.obstat import ObsStat
 from esrl.progress import Progress
 from esrl.protocol import Counters, Measurement, resolve_target
 from esrl.rl import nets
 from esrl.rl.common import Report, optim_spec
 from esrl.rl.device_pool import device_arrangement, make_arrangement
-from esrl.runs import checkpoint, interrupts
+from esrl.runs import checkpoint, interrupts, sinks
 from esrl.runs.rundir import RunDir
 from esrl.stores import make_store
 
@@ -48,21 +51,26 @@ def setup_for(algo: str, cfg: Any, spec: envs.EnvSpec, seed: int) -> Any:
 
 
 def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resume: bool = False,
-             show_progress: bool = True) -> dict[str, Any]:
-    """Train (or resume) an A3C, DQN or Dyna-Q run; returns the summary written to summary.json."""
+             show_progress: bool = True, callbacks: Sequence[sinks.Callback] | None = None) -> dict[str, Any]:
+    """Train (or resume) an A3C, DQN or Dyna-Q run; returns the summary written to summary.json.
+
+    `callbacks` are called with each metrics line (a dict); one that returns False stops the run
+    after that line (stop_reason "callback"), checkpointed and resumable.
+    """
     t_start = time.perf_counter()
     # The coordinator's torch ops are tiny; a thread pool here would spin against the workers
     # for the same cores (an evaluation took minutes that way on 2 cores).
     torch.set_num_threads(1)
-    run.validate()
+    cfg = resolve_rl(algo, run, cfg)  # sync "auto" follows the backend; config.json records what it became
     cfg.validate()
+    check_combination(algo, run, cfg)  # conflicts first: run.validate looks for CUDA, a conflict is refused anywhere
+    run.validate()
     run_dir_path = run.run_dir or f"runs/{algo}-{run.env}-s{run.seed}"
     spec = run.env_spec()
+    cfg = resolve_rl(algo, run, cfg, spec)  # obs_norm and clip_rewards "auto" follow the env
     check_combination(algo, run, cfg, spec.obs_onehot, spec)
     workers = run.workers or default_workers()
     arrangement = device_arrangement(algo, run, cfg)
-    if arrangement is not None:
-        cfg = dataclasses.replace(cfg, sync=arrangement)
     setup = setup_for(algo, cfg, spec, run.seed)
     started_ray = False
     if run.backend == "ray":  # started (or joined) before anything on disk changes: a bad address loses no run
@@ -79,6 +87,9 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
     target = resolve_target(run, spec)
     model = setup.build_model()
     params = nets.get_flat(model)
+    # the run's observation statistics: the sum of what the workers report (see rl.common.RunningObs);
+    # evaluation and checkpoints use them, so the policy is played as the workers normalize
+    obs_stat = ObsStat.empty((spec.obs_dim,)) if nets.normalizes(model) else None
     counters = Counters()
     loaded: tuple[torch.Tensor, dict[str, torch.Tensor], int] | None = None
     iteration = 0
@@ -91,13 +102,20 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
                       "v": torch.from_numpy(tensors["opt_v"])}, int(manifest["meta"]["version"]))
             counters = Counters(**manifest["meta"]["counters"])
             iteration = int(manifest["meta"]["iteration"])
+            if hasattr(setup, "restore"):  # the stores the setup attached: Dyna-Q's world model and counts
+                setup = setup.restore(tensors)
+            if obs_stat is not None:
+                obs_stat = saved_obs_stat(manifest_path, tensors, manifest)
         rd.truncate_metrics(iteration)
     else:
         RunDir.check_new(run_dir_path, overwrite)
         rd = RunDir.create(run_dir_path, overwrite)
     run = dataclasses.replace(run, run_dir=str(rd.path))
+    sinks.attach(rd, run, callbacks)
     if hasattr(setup, "start_steps"):  # a resumed DQN continues its epsilon schedule (its replay starts empty)
         setup = dataclasses.replace(setup, start_steps=counters.env_steps // workers)
+    if obs_stat is not None and resume:  # workers go on from the run's statistics
+        setup = dataclasses.replace(setup, obs_stat=obs_stat.copy())
     serial = run.backend == "serial"
     rd.write_json("config.json", {"algorithm": algo, "esrl_version": __version__, "run": to_dict(run),
                                   algo: to_dict(cfg), "resolved": {"target_return": target, "workers": workers,
@@ -125,12 +143,18 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
     def save_checkpoint(snap: tuple[torch.Tensor, dict[str, torch.Tensor], int], iteration: int,
                         directory: Path | None = None) -> None:
         p, st, version = snap
+        attached = getattr(pool, "setup", setup)  # on Ray, the setup whose stores are Ray twins
+        extra = attached.checkpoint_tensors() if hasattr(attached, "checkpoint_tensors") else {}
+        meta: dict[str, Any] = {"version": version, "iteration": iteration,
+                                "counters": m.checkpoint_counters(pool.traffic)}
+        if obs_stat is not None:  # the normalization the parameters were trained with travels with them
+            extra = {**extra, "obs_sum": obs_stat.total, "obs_sumsq": obs_stat.sumsq}
+            meta["obs_count"] = obs_stat.count
         checkpoint.save(rd.checkpoints if directory is None else directory, algo, version,
-                        {"params": p.numpy(), "opt_m": st["m"].numpy(), "opt_v": st["v"].numpy()},
-                        {"version": version, "iteration": iteration, "counters": m.checkpoint_counters(pool.traffic)})
+                        {"params": p.numpy(), "opt_m": st["m"].numpy(), "opt_v": st["v"].numpy(), **extra}, meta)
 
-    def play(params: torch.Tensor) -> Any:
-        return lambda seeds: setup.evaluate(params, seeds)
+    def play(params: torch.Tensor, stat: ObsStat | None) -> Any:
+        return lambda seeds: setup.evaluate(params, seeds, stat)
 
     progress = Progress(show_progress)
     updates = start_version
@@ -141,12 +165,15 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
     last: dict[str, Any] = {}
     stop_reason, failure = "budget", None
     threshold_params: torch.Tensor | None = None
+    threshold_obs: ObsStat | None = None
     hard_stop = False
     with interrupts.deferred():
         try:
             pool.start()
             while True:
                 for rep in pool.poll(0.05):
+                    if obs_stat is not None and rep.obs is not None:
+                        obs_stat.merge(rep.obs)
                     interval.merge(rep)
                     updates += rep.updates
                     counters.env_steps += rep.env_steps
@@ -159,17 +186,20 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
                     if evaluate:
                         pool.pause()  # no worker starts an update while the policy is evaluated
                         snap = store.snapshot()
-                        ev = m.evaluate(play(snap[0]))
+                        ev = m.evaluate(play(snap[0], obs_stat))
                         if ev.first:
                             threshold_params = snap[0].clone()
+                            threshold_obs = None if obs_stat is None else obs_stat.copy()
                             save_checkpoint(snap, iteration, rd.path / "threshold")
+                        if ev.best:
+                            m.off_clock(partial(save_checkpoint, snap, iteration, rd.path / "best"))
                         if not (ev.hit and run.stop_on_solve):
                             pool.resume()
                     traffic = pool.traffic.since(before)
                     last = _metrics_line(iteration, m, wall, interval, ev, pool, traffic, updates)
                     pool.events.clear()
                     pool.staleness.clear()
-                    rd.append_metrics(last)
+                    keep_going = rd.append_metrics(last)
                     progress.update(last, run.max_seconds, run.max_iterations)
                     iteration += 1
                     if iteration % run.checkpoint_every == 0:
@@ -177,6 +207,9 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
                     interval, it_start, before = Report(), time.perf_counter(), pool.traffic.snapshot()
                     if ev is not None and ev.hit and run.stop_on_solve:
                         stop_reason = "solved"
+                        break
+                    if not keep_going:  # a callback asked to stop: the final checkpoint follows, as for a budget
+                        stop_reason = "callback"
                         break
                 if run.budget_spent(iteration, m.elapsed(), counters.env_steps):
                     break
@@ -190,6 +223,8 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
             hard_stop = True
         finally:
             for rep in pool.close():
+                if obs_stat is not None and rep.obs is not None:
+                    obs_stat.merge(rep.obs)
                 updates += rep.updates
                 counters.env_steps += rep.env_steps
                 counters.episodes += len(rep.returns)
@@ -198,8 +233,10 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
     store.close()
     m.stop_clock()  # the confirmation is outside the timed run
     if m.solved and counters.confirmed_return is None and run.confirm_episodes:
-        m.confirm(play(threshold_params if threshold_params is not None
-                       else _threshold_params(algo, rd.path / "threshold", tuple(params.shape))))
+        if threshold_params is None:
+            threshold_params, threshold_obs = _threshold_params(algo, rd.path / "threshold", tuple(params.shape),
+                                                                obs_stat is not None)
+        m.confirm(play(threshold_params, threshold_obs))
     summary = {
         "algorithm": algo, "env": run.env, "seed": run.seed, "backend": run.backend, "workers": workers,
         "sync": "serial" if serial else cfg.sync, "stop_reason": stop_reason, "iterations": iteration,
@@ -214,13 +251,25 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
     return summary
 
 
-def _threshold_params(algo: str, directory: Path, shape: tuple[int, ...]) -> torch.Tensor:
-    """The parameters saved when the target was first reached (a resumed run confirms them from disk)."""
-    manifest = checkpoint.latest(directory)
-    if manifest is None:
+def _threshold_params(algo: str, directory: Path, shape: tuple[int, ...], obs_norm: bool
+                      ) -> tuple[torch.Tensor, ObsStat | None]:
+    """The parameters saved when the target was first reached, and their observation statistics (a resumed
+    run confirms them from disk)."""
+    manifest_path = checkpoint.latest(directory)
+    if manifest_path is None:
         raise InputError("run_dir", f"{directory} holds no threshold checkpoint to confirm")
-    tensors, _ = checkpoint.load(manifest, algo, {"params": shape})
-    return torch.from_numpy(tensors["params"])
+    tensors, manifest = checkpoint.load(manifest_path, algo, {"params": shape})
+    stat = saved_obs_stat(manifest_path, tensors, manifest) if obs_norm else None
+    return torch.from_numpy(tensors["params"]), stat
+
+
+def saved_obs_stat(path: Path, tensors: dict[str, np.ndarray], manifest: dict[str, Any]) -> ObsStat:
+    """The observation statistics a checkpoint of a run with obs_norm holds."""
+    count = manifest.get("meta", {}).get("obs_count")
+    if "obs_sum" not in tensors or "obs_sumsq" not in tensors or not isinstance(count, int | float):
+        raise InputError("checkpoint", f"{path}: holds no observation statistics, and this run normalizes "
+                         "observations", "a checkpoint of the same config")
+    return ObsStat(tensors["obs_sum"].astype(np.float64), tensors["obs_sumsq"].astype(np.float64), float(count))
 
 
 def _metrics_line(iteration: int, m: Measurement, it_s: float, rep: Report, ev: Any, pool: Any, traffic: Any,

@@ -7,24 +7,30 @@ the processes backend does, so the two report comparable figures. An actor is cr
 the setup and then sent the full state: both are start-up traffic (kind "state"). A dead
 actor's task is requeued, a replacement actor gets the full state, and the event is logged.
 
-Security: a local instance binds to 127.0.0.1 with the dashboard off; joining a cluster
-(`address`) warns when the cluster does not use Ray's token authentication.
+Security: a local instance listens on 127.0.0.1 only, with the dashboard off (`_loopback_node`);
+joining a cluster (`address`) first checks that its address answers (`probe`), and warns when
+the cluster does not use Ray's token authentication.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
+import socket
 import time
 import warnings
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from esrl.backends.base import Traffic
 from esrl.errors import InputError
 
 _DUMP = pickle.HIGHEST_PROTOCOL
+CONNECT_TIMEOUT_S = 10.0  # an address that does not answer within this is an error, not minutes of Ray retries
+ADDRESS_ACCEPTED = "'auto', host:port of a running cluster's head, or empty for a local instance"
+_CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def _ray() -> Any:
@@ -36,11 +42,17 @@ def _ray() -> Any:
 
 
 def init(address: str | None = None, num_cpus: int | None = None) -> bool:
-    """Start or join Ray unless it is running already; True when this call started it."""
+    """Start or join Ray unless it is running already; True when this call started it.
+
+    No address: a local instance that listens on loopback only. `auto`: Ray's own discovery.
+    host:port: joined only once a plain TCP connect reaches it within CONNECT_TIMEOUT_S.
+    """
     ray = _ray()
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
+    if address and address != "auto":
+        probe(address)
     try:
         if address:
             if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
@@ -48,12 +60,61 @@ def init(address: str | None = None, num_cpus: int | None = None) -> bool:
                               "who reaches it can run code on it", stacklevel=2)
             ray.init(address=address, log_to_driver=False)
         else:
-            ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", num_cpus=num_cpus,
-                     log_to_driver=False)
+            with _loopback_node():
+                ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", num_cpus=num_cpus,
+                         log_to_driver=False)
     except Exception as exc:  # Ray raises ConnectionError, ValueError, RuntimeError... for a bad address
         raise InputError("address", f"cannot {'join' if address else 'start'} Ray: {exc}".splitlines()[0],
-                         "'auto', host:port of a running cluster, or empty for a local instance") from None
+                         ADDRESS_ACCEPTED) from None
     return True
+
+
+def probe(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Refuse, as a one-line `address` error, a host:port where nothing accepts a TCP connection in `timeout` s.
+
+    Ray itself retries such an address for minutes, printing its own warnings; a head's GCS port
+    accepts at once. (`ray://` client addresses are probed the same way.)
+    """
+    text = address.removeprefix("ray://")
+    host, sep, port_text = text.rpartition(":")
+    host = host.strip("[]")  # [::1]:6379
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise InputError("address", f"{address!r} is not host:port", ADDRESS_ACCEPTED)
+    try:
+        with socket.create_connection((host, int(port_text)), timeout=timeout):
+            pass
+    except OSError as exc:
+        why = f"no answer within {timeout:g} s" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise InputError("address", f"nothing answers at {address} ({why})", ADDRESS_ACCEPTED) from None
+
+
+@contextlib.contextmanager
+def _loopback_node() -> Iterator[None]:
+    """While a local instance starts, let Ray keep 127.0.0.1 as the node's address.
+
+    Ray 2.60 on Linux replaces a loopback `_node_ip_address` with the machine's own address
+    (`services.resolve_ip_for_localhost`): it keeps loopback only where `ENABLE_RAY_CLUSTER` is
+    off, as on macOS and Windows. Given the machine's address, the GCS, the raylet, the workers
+    and the driver listened on every interface ([::]) and the runtime-env agent on that address.
+    With the node at 127.0.0.1 every one of them listens on loopback (127.0.0.1, or
+    ::ffff:127.0.0.1 on an IPv6 socket; `tests/test_ray_network.py` checks each listening
+    socket). The variable reaches the processes Ray starts, the module constant the already
+    imported driver; both are put back afterwards, so joining a cluster later in this process
+    is untouched.
+    """
+    from ray._private import ray_constants
+
+    saved_env, saved_const = os.environ.get(_CLUSTER_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[_CLUSTER_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_const
+        if saved_env is None:
+            os.environ.pop(_CLUSTER_ENV, None)
+        else:
+            os.environ[_CLUSTER_ENV] = saved_env
 
 
 def cluster_cpus() -> int:

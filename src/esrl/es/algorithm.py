@@ -49,6 +49,7 @@ class Update:
     obs_sumsq: np.ndarray | None
     obs_count: float
     step_cap: int
+    finite: int | None = None  # members whose returns were ranked (None: the whole population)
 
 
 @dataclass
@@ -164,22 +165,28 @@ class ESReplica:
         if update.iteration != self.iteration:
             raise RuntimeError(f"replica at iteration {self.iteration} got the update of {update.iteration}")
         cfg = self.cfg
-        offsets, slots, signs = self.addresses(self.iteration)
-        weights = np.zeros(len(offsets), np.float32)
-        np.add.at(weights, slots, update.shaped * signs)
-        grad = noise.weighted_noise_sum(self.table, offsets, weights, self.dim)
-        grad *= np.float32(1.0 / (cfg.population * cfg.sigma))
-        grad -= np.float32(cfg.l2) * self.theta
-        if cfg.optimizer == "adam":
-            step = optim.adam_step(self.opt, grad, cfg.lr, cfg.beta1, cfg.beta2)
-        else:
-            step = optim.sgd_step(self.opt, grad, cfg.lr, cfg.momentum)
-        self.theta = self.theta + step
+        finite = cfg.population if update.finite is None else update.finite
+        norm = 0.0
+        if finite >= 2:  # fewer than two ranked members carry no direction: no step
+            offsets, slots, signs = self.addresses(self.iteration)
+            weights = np.zeros(len(offsets), np.float32)
+            np.add.at(weights, slots, update.shaped * signs)
+            grad = noise.weighted_noise_sum(self.table, offsets, weights, self.dim)
+            # the paper's starter: l2 acts on the mean over ranked members, before the division by sigma
+            grad *= np.float32(1.0 / finite)
+            grad -= np.float32(cfg.l2) * self.theta
+            grad *= np.float32(1.0 / cfg.sigma)
+            if cfg.optimizer == "adam":
+                step = optim.adam_step(self.opt, grad, cfg.lr, cfg.beta1, cfg.beta2)
+            else:
+                step = optim.sgd_step(self.opt, grad, cfg.lr, cfg.momentum)
+            self.theta = self.theta + step
+            norm = float(np.linalg.norm(step))
         if update.obs_sum is not None and update.obs_sumsq is not None:
             self.obstat.add(update.obs_sum, update.obs_sumsq, update.obs_count)
         self.step_cap = update.step_cap
         self.iteration += 1
-        return float(np.linalg.norm(step))
+        return norm
 
     # --- state ----------------------------------------------------------------------------
     def get_state(self) -> dict[str, Any]:
@@ -296,7 +303,8 @@ def make_update(cfg: ESConfig, t: int, res: Results, max_episode_steps: int) -> 
     if cfg.adaptive_cap and finite.any():
         cap = int(min(max_episode_steps, max(1, 2 * int(np.ceil(res.lengths[finite].mean())))))
     nonfinite = int((~np.isfinite(res.returns)).sum())
-    return Update(t, shaped, obs_sum, obs_sumsq, count, cap), nonfinite
+    ranked = int(finite.sum()) if finite.sum() >= 2 else 0
+    return Update(t, shaped, obs_sum, obs_sumsq, count, cap, ranked), nonfinite
 
 
 def unperturbed_rank(population_returns: np.ndarray, center_return: float) -> float:

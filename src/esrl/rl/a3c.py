@@ -16,8 +16,9 @@ import torch
 from esrl import seeding
 from esrl.config import A3CConfig
 from esrl.envs import EnvSpec
+from esrl.obstat import ObsStat
 from esrl.rl import nets
-from esrl.rl.common import EnvSlots, NonFiniteError, Report, evaluate_greedy
+from esrl.rl.common import EnvSlots, NonFiniteError, Report, RunningObs, evaluate_greedy, training_rewards
 
 
 @dataclass(frozen=True)
@@ -27,17 +28,20 @@ class A3CSetup:
     cfg: A3CConfig
     spec: EnvSpec
     seed: int
+    obs_stat: ObsStat | None = None  # the run's observation statistics when it resumes (obs_norm)
 
     def build_model(self) -> nets.ActorCritic:
         return nets.seeded(self.seed, "a3c_init", nets.ActorCritic, self.spec, self.cfg.hidden,  # type: ignore
-                           self.cfg.shared_trunk)
+                           self.cfg.shared_trunk, self.cfg.obs_norm == "on")
 
     def build_worker(self, wid: int, client: Any) -> A3CWorker:
         return A3CWorker(self, wid, client)
 
-    def act_greedy(self, params: torch.Tensor) -> Any:
+    def act_greedy(self, params: torch.Tensor, obs_stat: ObsStat | None = None) -> Any:
+        """The greedy policy of `params`, normalizing observations with `obs_stat` as the workers do."""
         model = self.build_model()
         nets.set_flat(model, params)
+        nets.set_normalizer(model, obs_stat if obs_stat is not None else self.obs_stat)
         spec = self.spec
 
         def act(x: torch.Tensor) -> np.ndarray:
@@ -48,8 +52,9 @@ class A3CSetup:
 
         return act
 
-    def evaluate(self, params: torch.Tensor, seeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return evaluate_greedy(self.spec, self.act_greedy(params), seeds)
+    def evaluate(self, params: torch.Tensor, seeds: np.ndarray, obs_stat: ObsStat | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        return evaluate_greedy(self.spec, self.act_greedy(params, obs_stat), seeds)
 
 
 def gae(rewards: torch.Tensor, values: torch.Tensor, terminal: torch.Tensor, last_value: torch.Tensor,
@@ -110,6 +115,8 @@ class A3CWorker:
         self.envs = EnvSlots(setup.spec, self.cfg.envs_per_worker, setup.seed, "a3c_episode", wid)
         self.gen = torch.Generator().manual_seed(seeding.derive_int(setup.seed, "a3c_actions", wid))
         self.updates = 0
+        self.obs = RunningObs(setup.spec, setup.obs_stat) if self.model.norm.enabled else None
+        self.clip_rewards = self.cfg.clip_rewards == "on"
 
     def sample(self, out: torch.Tensor) -> torch.Tensor:
         if self.setup.spec.discrete:
@@ -127,6 +134,8 @@ class A3CWorker:
         cfg, report = self.cfg, Report()
         version = self.client.pull(self.flat)
         nets.set_flat(self.model, self.flat)
+        if self.obs is not None:  # fixed for the whole update: acting and the gradient see one normalization
+            nets.set_normalizer(self.model, self.obs.stat)
         t_len, e = cfg.n_steps, cfg.envs_per_worker
         obs_buf = torch.zeros(t_len, e, self.setup.spec.obs_dim)
         act_buf: list[torch.Tensor] = []
@@ -140,7 +149,7 @@ class A3CWorker:
                 act_buf.append(actions)
                 boot: dict[int, np.ndarray] = {}
                 _, rewards, terminal = self.envs.step(self.to_env(actions), report, boot.__setitem__)
-                rew = torch.from_numpy(rewards)
+                rew = torch.from_numpy(training_rewards(rewards, self.clip_rewards))
                 for i, final_obs in boot.items():  # truncated: bootstrap from the last observation
                     rew[i] += cfg.gamma * self.model(torch.from_numpy(final_obs))[1]
                     terminal[i] = True
@@ -149,6 +158,9 @@ class A3CWorker:
             last_value = self.model(torch.from_numpy(self.envs.obs))[1]
             values = self.model(obs_buf.view(t_len * e, -1))[1].view(t_len, e)
             adv, returns = gae(rew_buf, values, term_buf, last_value, cfg.gamma, cfg.gae_lambda)
+        if self.obs is not None:  # what this update saw normalizes the next one
+            self.obs.add(obs_buf.view(t_len * e, -1).numpy())
+            report.obs = self.obs.take()
         acts = torch.stack(act_buf).view(t_len * e, -1)
         batch = (obs_buf.view(t_len * e, -1), acts.squeeze(-1) if self.setup.spec.discrete else acts,
                  adv.view(-1), returns.view(-1))

@@ -12,6 +12,7 @@ import torch
 
 from esrl import envs, seeding
 from esrl.envs import EnvSpec
+from esrl.obstat import ObsStat
 from esrl.rl.optim import OptimSpec
 
 
@@ -28,6 +29,7 @@ class Report:
     returns: list[float] = field(default_factory=list)  # of episodes finished
     losses: dict[str, float] = field(default_factory=dict)  # summed over updates
     counts: dict[str, int] = field(default_factory=dict)  # e.g. real and simulated transitions
+    obs: ObsStat | None = None  # observations acted on since the last report (obs_norm): sums, no prior
 
     def add_loss(self, **values: float) -> None:
         for k, v in values.items():
@@ -41,10 +43,47 @@ class Report:
             self.losses[k] = self.losses.get(k, 0.0) + v
         for k, n in other.counts.items():
             self.counts[k] = self.counts.get(k, 0) + n
+        if other.obs is not None:
+            if self.obs is None:
+                self.obs = other.obs.copy()  # a copy: `other` may be summed elsewhere too
+            else:
+                self.obs.merge(other.obs)
 
 
 def optim_spec(cfg: Any) -> OptimSpec:
     return OptimSpec(kind=cfg.optimizer, lr=cfg.lr, alpha=0.99, eps=1e-5 if cfg.optimizer == "rmsprop" else 1e-8)
+
+
+def training_rewards(rewards: np.ndarray, clip: bool) -> np.ndarray:
+    """Rewards as the learner sees them: clipped to [-1, 1] with `clip` (Atari, as the DQN and A3C papers
+    did, so one learning rate serves games whose scores differ by orders of magnitude). Episode returns,
+    evaluation and confirmation always use the env's own rewards."""
+    return np.clip(rewards, -1.0, 1.0) if clip else rewards
+
+
+class RunningObs:
+    """A worker's own running observation statistics, and the part it has not reported yet.
+
+    Each worker normalizes with what it has seen itself (from `start`, the run's statistics at
+    a resume): no message is added to an update. The coordinator sums the reported parts into
+    the run's statistics, which evaluation and checkpoints use; on one worker the two are the
+    same, with several they estimate the same distribution from more samples.
+    """
+
+    def __init__(self, spec: EnvSpec, start: ObsStat | None = None) -> None:
+        self.stat = start.copy() if start is not None else ObsStat.empty((spec.obs_dim,))
+        self.unreported = ObsStat.zeros((spec.obs_dim,))
+
+    def add(self, obs: np.ndarray) -> None:
+        batch = ObsStat.zeros(self.stat.total.shape)
+        batch.add_batch(obs)
+        self.stat.merge(batch)
+        self.unreported.merge(batch)
+
+    def take(self) -> ObsStat:
+        """The statistics not reported yet (for a Report), and start a new part."""
+        out, self.unreported = self.unreported, ObsStat.zeros(self.stat.total.shape)
+        return out
 
 
 class EnvSlots:

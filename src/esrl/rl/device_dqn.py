@@ -29,7 +29,7 @@ import torch
 
 from esrl import seeding
 from esrl.rl import nets
-from esrl.rl.common import EnvSlots, NonFiniteError, Report
+from esrl.rl.common import EnvSlots, NonFiniteError, Report, training_rewards
 from esrl.rl.device_pool import ActorLink, DeviceArrangement
 from esrl.rl.dqn import td_gradient
 from esrl.rl.replay import obs_dtype
@@ -139,6 +139,7 @@ class DeviceDQN(DeviceArrangement):
                 nxt, rewards, terminal = envs.step(actions.tolist(), link.acc, finals.__setitem__)
                 for i, final in finals.items():  # truncated: the true next state, not the reset one
                     nxt[i] = final
+                rewards = training_rewards(rewards, cfg.clip_rewards == "on")
                 for c, v in zip(cols, (obs, actions, rewards, nxt, terminal.astype(np.float32)), strict=True):
                     c.append(v)
                 steps += len(obs)

@@ -279,15 +279,15 @@ class DeviceArrangement:
 def device_arrangement(algo: str, run: Any, cfg: Any) -> str | None:
     """'ga3c' (A3C) or 'device' (DQN) when the run asks for a device arrangement, else None.
 
-    Asked for by `--sync ga3c` / `--sync device`, or by `--device cuda` (the CPU arrangements
-    have no device); `--device auto` alone keeps the CPU arrangement.
+    Asked for by its name only (`--sync ga3c` / `--sync device`): `--device` says where that
+    arrangement's model lives, it never chooses one (`config.check_combination` refuses
+    `--device cuda` with a CPU arrangement).
     """
+    from esrl.config import DEVICE_SYNC
     from esrl.errors import InputError
 
-    name = {"a3c": "ga3c", "dqn": "device"}.get(algo)
-    if run.device == "cuda" and name is None:
-        raise InputError("device", f"{algo} has no device arrangement", "cpu, auto")
-    if name is None or (cfg.sync != name and run.device != "cuda"):
+    name = DEVICE_SYNC.get(algo)
+    if name is None or cfg.sync != name:
         return None
     if run.backend != "processes":
         raise InputError("backend", f"the {name} arrangement runs its actors as processes, not {run.backend!r}",

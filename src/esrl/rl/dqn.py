@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from esrl import seeding
 from esrl.envs import EnvSpec
 from esrl.errors import InputError
+from esrl.obstat import ObsStat
 from esrl.rl import nets
-from esrl.rl.common import EnvSlots, NonFiniteError, Report, evaluate_greedy
+from esrl.rl.common import EnvSlots, NonFiniteError, Report, RunningObs, evaluate_greedy, training_rewards
 from esrl.rl.replay import Replay, obs_dtype
 
 
@@ -54,6 +55,7 @@ class DQNSetup:
     workers: int = 1
     replay: Replay | None = None
     start_steps: int = 0  # env steps each worker had taken before a resume: epsilon continues from there
+    obs_stat: ObsStat | None = None  # the run's observation statistics when it resumes (obs_norm)
 
     def attach(self, ctx: Any, workers: int) -> DQNSetup:
         shared = None
@@ -64,18 +66,22 @@ class DQNSetup:
     def build_model(self) -> nets.QNet:
         if not self.spec.discrete:
             raise InputError("env", f"{self.spec.env_id} has continuous actions; DQN needs a Discrete action space")
-        return nets.seeded(self.seed, "dqn_init", nets.QNet, self.spec, self.cfg.hidden)  # type: ignore[return-value]
+        return nets.seeded(self.seed, "dqn_init", nets.QNet, self.spec, self.cfg.hidden,  # type: ignore[return-value]
+                           self.cfg.obs_norm == "on")
 
     def build_worker(self, index: int, client: Any) -> Any:
         return DQNWorker(self, index, client)
 
-    def act_greedy(self, params: torch.Tensor) -> Any:
+    def act_greedy(self, params: torch.Tensor, obs_stat: ObsStat | None = None) -> Any:
+        """The greedy policy of `params`, normalizing observations with `obs_stat` as the workers do."""
         q = self.build_model()
         nets.set_flat(q, params)
+        nets.set_normalizer(q, obs_stat if obs_stat is not None else self.obs_stat)
         return lambda x: q(x).argmax(-1).numpy()
 
-    def evaluate(self, params: torch.Tensor, seeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return evaluate_greedy(self.spec, self.act_greedy(params), seeds)
+    def evaluate(self, params: torch.Tensor, seeds: np.ndarray, obs_stat: ObsStat | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        return evaluate_greedy(self.spec, self.act_greedy(params, obs_stat), seeds)
 
 
 class QLearner:
@@ -123,6 +129,9 @@ class DQNWorker:
         n = max(1, setup.workers - 1)
         self.eps_final = cfg.eps_final ** (1 + index / n) if setup.workers > 1 else cfg.eps_final
         self.steps = setup.start_steps
+        # replay keeps raw observations: each sample is normalized with the statistics of the update that uses it
+        self.obs = RunningObs(setup.spec, setup.obs_stat) if self.learner.q.norm.enabled else None
+        self.clip_rewards = cfg.clip_rewards == "on"
 
     @property
     def updates(self) -> int:
@@ -147,13 +156,21 @@ class DQNWorker:
             nxt, rewards, terminal = self.envs.step(actions.tolist(), report, finals.__setitem__)
             for i, final in finals.items():  # truncated: the true next state, not the reset one
                 nxt[i] = final
-            self.replay.add(obs, actions, rewards, nxt, terminal.astype(np.float32))
+            if self.obs is not None:
+                self.obs.add(obs)
+            self.replay.add(obs, actions, training_rewards(rewards, self.clip_rewards), nxt,
+                            terminal.astype(np.float32))
             self.steps += len(obs)
             report.counts["real_transitions"] = report.counts.get("real_transitions", 0) + len(obs)
 
     def step(self) -> Report:
         report = Report()
+        if self.obs is not None:  # one normalization for this step's acting, its Q-values and its targets
+            for net in (self.learner.q, self.learner.target):
+                nets.set_normalizer(net, self.obs.stat)
         self.collect(report)
         if len(self.replay) >= self.cfg.learning_starts:
             self.learner.learn(self.replay.sample(self.cfg.batch_size, self.gen), report)
+        if self.obs is not None:
+            report.obs = self.obs.take()
         return report

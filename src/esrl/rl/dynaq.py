@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -57,6 +58,7 @@ class DynaQSetup(DQNSetup):
 
     model_store: Any = None
     simulated: Any = None
+    real_before: int = 0  # real transitions of earlier sessions of a resumed run (its replay starts empty)
 
     def attach(self, ctx: Any, workers: int) -> DynaQSetup:
         from esrl.stores.shared import SharedStore  # the world model lives in shared memory, one writer
@@ -66,6 +68,27 @@ class DynaQSetup(DQNSetup):
         replay = Replay(self.cfg.buffer_size, self.spec.obs_dim, ctx, shared=True)
         return dataclasses.replace(self, workers=workers, replay=replay, model_store=store,
                                    simulated=Counter(ctx))
+
+    def real_transitions(self) -> int:
+        assert self.replay is not None, "DynaQSetup.attach creates the shared replay"
+        return self.real_before + self.replay.added
+
+    def checkpoint_tensors(self) -> dict[str, np.ndarray]:
+        """What a checkpoint keeps beside the Q-network: the world model's store and the planning counts."""
+        params, state, version = self.model_store.snapshot()
+        counts = [version, self.simulated.value, self.real_transitions()]
+        return {"model_params": params.numpy(), "model_opt_m": state["m"].numpy(), "model_opt_v": state["v"].numpy(),
+                "model_counts": np.asarray(counts, np.int64)}
+
+    def restore(self, tensors: dict[str, np.ndarray]) -> DynaQSetup:
+        """The attached setup with a checkpoint's world model and planning counts put back."""
+        if "model_params" not in tensors:  # a checkpoint from before Dyna-Q saved its model
+            return self
+        version, simulated, real = (int(x) for x in tensors["model_counts"])
+        self.model_store.load(torch.from_numpy(tensors["model_params"]), {"m": torch.from_numpy(
+            tensors["model_opt_m"]), "v": torch.from_numpy(tensors["model_opt_v"])}, version)
+        self.simulated.value = simulated
+        return dataclasses.replace(self, real_before=real)
 
     def build_world_model(self) -> WorldModel:
         return nets.seeded(self.seed, "dynaq_model_init", WorldModel, self.spec,  # type: ignore[return-value]
@@ -126,12 +149,13 @@ class Planner:
         return int(self.learner.updates)
 
     def due(self) -> bool:
-        real = self.replay.added
-        return real >= self.cfg.learning_starts and self.setup.simulated.value < self.cfg.planning_ratio * real
+        real = self.setup.real_transitions()
+        return self.replay.added >= self.cfg.learning_starts and self.setup.simulated.value < (
+            self.cfg.planning_ratio * real)
 
     def reserve(self, n: int) -> bool:
         """Claim n simulated transitions; planners racing for the last ones cannot overshoot together."""
-        limit = self.cfg.planning_ratio * self.replay.added
+        limit = self.cfg.planning_ratio * self.setup.real_transitions()
         if self.setup.simulated.add(n) <= limit + n:  # the batch that crosses the limit may run; no more
             return True
         self.setup.simulated.add(-n)
@@ -145,13 +169,26 @@ class Planner:
         self.model_client.pull(self.model_flat)
         nets.set_flat(self.model, self.model_flat)
         obs = self.replay.sample(n, self.gen)[0]
-        action = torch.randint(0, self.setup.spec.act_dim, (n,), generator=self.gen)
+        action = self.imagined_actions(obs)
         with torch.no_grad():
             next_obs, reward, done_logit = self.model(obs, action)
         done = (done_logit > 0).float()
         self.learner.learn((obs, action, reward, next_obs, done), report, name="td_simulated")
         report.counts["simulated_transitions"] = n
         return report
+
+    def imagined_actions(self, obs: torch.Tensor) -> torch.Tensor:
+        """Actions to imagine from `obs`: the actor's behaviour (epsilon-greedy on this planner's Q,
+        synced at its last update, at the actor's current epsilon), or uniform."""
+        n, act_dim, cfg = len(obs), self.setup.spec.act_dim, self.cfg
+        uniform = torch.randint(0, act_dim, (n,), generator=self.gen)
+        if cfg.planning_actions == "uniform":
+            return uniform
+        frac = min(1.0, self.setup.real_transitions() / cfg.eps_decay_steps)  # worker 0's schedule (DQNWorker.epsilon)
+        eps = cfg.eps_start + frac * (cfg.eps_final - cfg.eps_start)
+        with torch.no_grad():
+            greedy = self.learner.q(obs).argmax(-1)
+        return torch.where(torch.rand(n, generator=self.gen) < eps, uniform, greedy)
 
     def step(self) -> Report:
         report = self.plan_once() if self.due() else Report()

@@ -27,7 +27,7 @@ import torch
 
 from esrl import seeding
 from esrl.rl import a3c
-from esrl.rl.common import EnvSlots, NonFiniteError, Report
+from esrl.rl.common import EnvSlots, NonFiniteError, Report, training_rewards
 from esrl.rl.device_pool import ActorLink, DeviceArrangement
 
 
@@ -90,6 +90,7 @@ class GA3C(DeviceArrangement):
                 act_buf[t] = act
                 boot: dict[int, np.ndarray] = {}
                 _, rewards, terminal = envs.step(env_act, report, boot.__setitem__)
+                rewards = training_rewards(rewards, cfg.clip_rewards == "on")
                 if boot:  # truncated episodes bootstrap from the value of their last observation
                     rows = sorted(boot)
                     _, v_final, _, _ = predict(np.stack([boot[i] for i in rows]))

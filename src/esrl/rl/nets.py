@@ -12,6 +12,7 @@ from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from esrl import seeding
 from esrl.envs import EnvSpec
 from esrl.errors import InputError
+from esrl.obstat import CLIP, ObsStat
 
 
 def mlp(sizes: Sequence[int], out_gain: float = 1.0) -> nn.Sequential:
@@ -56,15 +57,40 @@ class NatureCNN(nn.Module):
         return torch.relu(self.fc(self.convs(frames)))
 
 
+class ObsNorm(nn.Module):
+    """(x - mean) / std clipped to +-CLIP, as ES's MLP does, with the statistics in buffers.
+
+    Buffers, not parameters: they stay out of the flat vector that stores and optimizers move,
+    and are set from an `ObsStat` by whoever owns the statistics (`set_normalizer`).
+    Off (`enabled` False) it passes observations through.
+    """
+
+    mean: torch.Tensor
+    inv_std: torch.Tensor
+
+    def __init__(self, dim: int, enabled: bool) -> None:
+        super().__init__()
+        self.enabled = enabled
+        n = dim if enabled else 0  # off, it keeps no statistics (an Atari frame stack has 28,224 inputs)
+        self.register_buffer("mean", torch.zeros(n))
+        self.register_buffer("inv_std", torch.ones(n))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return x
+        return ((x - self.mean) * self.inv_std).clamp(-CLIP, CLIP)
+
+
 class ActorCritic(nn.Module):
     """Policy and value heads over a shared trunk, or two separate MLPs (`shared=False`).
 
     Image frames (Atari) always share a Nature CNN trunk, with linear heads.
     """
 
-    def __init__(self, spec: EnvSpec, hidden: Sequence[int], shared: bool = True) -> None:
+    def __init__(self, spec: EnvSpec, hidden: Sequence[int], shared: bool = True, obs_norm: bool = False) -> None:
         super().__init__()
         self.spec, self.shared = spec, shared
+        self.norm = ObsNorm(spec.obs_dim, obs_norm and not spec.image)  # holds no parameters: init draws unchanged
         out = spec.act_dim
         if spec.image:
             cnn = NatureCNN(spec)
@@ -83,15 +109,16 @@ class ActorCritic(nn.Module):
             self.log_std = nn.Parameter(torch.full((out,), -0.5))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.trunk(x)
+        h = self.trunk(self.norm(x))
         return self.pi(h), self.v(h).squeeze(-1)
 
 
 class QNet(nn.Module):
     """Q-values for every discrete action."""
 
-    def __init__(self, spec: EnvSpec, hidden: Sequence[int]) -> None:
+    def __init__(self, spec: EnvSpec, hidden: Sequence[int], obs_norm: bool = False) -> None:
         super().__init__()
+        self.norm = ObsNorm(spec.obs_dim, obs_norm and not spec.image)
         if spec.image:  # the Nature DQN: CNN torso, 512 features, one linear layer of Q-values
             cnn = NatureCNN(spec)
             self.net: nn.Module = nn.Sequential(cnn, mlp([cnn.features, spec.act_dim], out_gain=1.0))
@@ -99,7 +126,7 @@ class QNet(nn.Module):
             self.net = mlp([spec.obs_dim, *hidden, spec.act_dim], out_gain=1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return self.net(self.norm(x))
 
 
 def seeded(seed: int, role: str, build: type[nn.Module] | object, *args: object) -> nn.Module:
@@ -116,3 +143,20 @@ def get_flat(module: nn.Module) -> torch.Tensor:
 @torch.no_grad()
 def set_flat(module: nn.Module, flat: torch.Tensor) -> None:
     vector_to_parameters(flat, module.parameters())
+
+
+@torch.no_grad()
+def set_normalizer(module: nn.Module, stat: ObsStat | None) -> None:
+    """Load running statistics into the module's observation normalizer (None: leave it as it is)."""
+    norm = getattr(module, "norm", None)
+    if stat is None or not isinstance(norm, ObsNorm) or not norm.enabled:
+        return
+    mean, inv_std = stat.normalizer()
+    norm.mean.copy_(torch.from_numpy(mean))
+    norm.inv_std.copy_(torch.from_numpy(inv_std))
+
+
+def normalizes(module: nn.Module) -> bool:
+    """Whether the module normalizes its observations (and so needs the run's statistics)."""
+    norm = getattr(module, "norm", None)
+    return isinstance(norm, ObsNorm) and norm.enabled

@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,9 @@ class RunDir:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.checkpoints = path / "checkpoints"
+        # each metrics line also goes to these (esrl.runs.sinks: TensorBoard, the caller's callbacks)
+        self.sinks: list[Callable[[dict[str, Any]], Any]] = []
+        self.purge_step: int | None = None  # set by a resume: the first env step the killed session may have logged
 
     @staticmethod
     def check_new(path: str | Path, overwrite: bool) -> Path:
@@ -101,10 +105,16 @@ class RunDir:
         except (OSError, json.JSONDecodeError) as exc:
             raise InputError("run_dir", f"cannot read {self.path / name}: {exc}") from None
 
-    def append_metrics(self, record: dict[str, Any]) -> None:
-        """One line per call, written with a single write so that a kill leaves whole lines."""
+    def append_metrics(self, record: dict[str, Any]) -> bool:
+        """One line per call, written with a single write so that a kill leaves whole lines, then handed to
+        every sink; False when a sink returned False (a callback asking the run to stop)."""
         with open(self.path / "metrics.jsonl", "a") as f:
             f.write(dumps(record) + "\n")
+        keep_going = True
+        for sink in self.sinks:
+            if sink(dict(record)) is False:  # a copy: one sink changing its line changes no other's
+                keep_going = False
+        return keep_going
 
     def read_metrics(self) -> list[dict[str, Any]]:
         """All complete metric lines (a torn last line from a kill is skipped)."""
@@ -123,4 +133,5 @@ class RunDir:
     def truncate_metrics(self, iterations: int) -> None:
         """Keep only the lines of iterations < `iterations` (those the checkpoint covers)."""
         kept = [r for r in self.read_metrics() if r.get("iteration", 0) < iterations]
+        self.purge_step = max((int(r.get("env_steps") or 0) + 1 for r in kept), default=0)
         atomic_write(self.path / "metrics.jsonl", "".join(dumps(r) + "\n" for r in kept).encode())

@@ -320,7 +320,8 @@ def to_ray(setup: Any) -> tuple[Any, list[Any]]:
         if isinstance(value, Replay):
             swaps[f.name] = RayReplay(value.capacity, value.obs.shape[1], value.obs.dtype)
         elif isinstance(value, SharedStore):
-            swaps[f.name] = RayStore(value.params, value.spec)
+            swaps[f.name] = twin = RayStore(value.params, value.spec)
+            twin.load(*value.snapshot())  # moments and version too (a resumed Dyna-Q's world model)
         elif isinstance(value, Counter):
             swaps[f.name] = RayCounter(value.value)
     if not swaps:

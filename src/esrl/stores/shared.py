@@ -1,7 +1,15 @@
-"""Shared-memory parameter store: `lock` (serialized) or `hogwild` (lock-free) apply."""
+"""Shared-memory parameter store: `lock` (serialized) or `hogwild` (lock-free) apply.
+
+A snapshot (evaluation, checkpoint) is a consistent copy in both modes. Under `lock` it
+takes the apply lock. Under `hogwild` applies take no lock, so a snapshot freezes them
+instead: it raises `_freeze`, waits until no apply is in progress (`_applying`), copies,
+and lowers the flag; an apply announces itself in `_applying` and backs off while the flag
+is up. Writers never wait for each other, only for a snapshot, which is rare.
+"""
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -9,7 +17,9 @@ import torch
 
 from esrl.rl import optim
 from esrl.rl.optim import OptimSpec
-from esrl.shm import Counter, ProcessLock
+from esrl.shm import Counter, Flag, ProcessLock
+
+FREEZE_WAIT_S = 2.0  # a writer killed mid-apply never leaves `_applying`: copy anyway after this long
 
 
 class SharedStore:
@@ -24,6 +34,8 @@ class SharedStore:
         self.state = {k: v.share_memory_() for k, v in spec.init_state(self.params.numel()).items()}
         self._version = Counter(ctx)  # atomic increments; flock-based, so a killed worker cannot wedge it
         self._lock = ProcessLock()
+        self._freeze = Flag(ctx)  # hogwild: a snapshot is copying, applies hold off
+        self._applying = Counter(ctx)  # hogwild: applies in progress
 
     @property
     def version(self) -> int:
@@ -36,7 +48,17 @@ class SharedStore:
     def snapshot(self) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
         """A consistent copy of (params, optimizer state, version) for evaluation or checkpoints."""
         with self._lock:
-            return self.params.clone(), {k: v.clone() for k, v in self.state.items()}, self.version
+            if self.lock_apply:
+                return self.params.clone(), {k: v.clone() for k, v in self.state.items()}, self.version
+            self._freeze.set()
+            try:
+                deadline = time.monotonic() + FREEZE_WAIT_S
+                # add(0) reads under the flock: a full barrier, so the flag is visible before the count is read
+                while self._applying.add(0) > 0 and time.monotonic() < deadline:
+                    time.sleep(1e-4)
+                return self.params.clone(), {k: v.clone() for k, v in self.state.items()}, self.version
+            finally:
+                self._freeze.clear()
 
     def load(self, params: torch.Tensor, state: dict[str, torch.Tensor], version: int) -> None:
         with self._lock:
@@ -87,6 +109,16 @@ class SharedClient:
                 step = s._version.add(1)
                 optim.apply(s.spec, s.params, grad, s.state, step)
             return step - 1 - version
-        step = s._version.add(1)  # the only synchronized part: every update gets its own step count
-        optim.apply(s.spec, s.params, grad, s.state, step)  # lock-free: races are hogwild's bargain
+        while True:  # announce the apply, then back off if a snapshot is copying
+            s._applying.add(1)
+            if not s._freeze.is_set():
+                break
+            s._applying.add(-1)
+            while s._freeze.is_set():
+                time.sleep(1e-4)
+        try:
+            step = s._version.add(1)  # every update gets its own step count
+            optim.apply(s.spec, s.params, grad, s.state, step)  # lock-free: races between writers are hogwild's bargain
+        finally:
+            s._applying.add(-1)
         return step - 1 - version
