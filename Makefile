@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: install demo test test-slow lint bench bench-device device-dry-run device-bundle clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@# headless rendering of MuJoCo videos (esrl evaluate --video) uses Mesa's EGL; install it where missing
 	@if ! ldconfig -p 2>/dev/null | grep -q libEGL_mesa; then \
 		if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 		else echo "note: MuJoCo videos need Mesa EGL (apt-get install libegl1 libegl-mesa0 libgl1)"; fi; fi
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -157,3 +157,29 @@ def test_missing_algo_and_bad_episodes(trained):
     assert_input_error(esrl("train"), "algo")
     assert_input_error(esrl("evaluate", str(trained), "--episodes", "0"), "episodes")
     assert_input_error(esrl("evaluate", str(trained.parent / "nope")), "run_dir")
+
+
+def test_a_missing_extra_is_one_line_naming_it(monkeypatch):
+    """Without ale-py (or mujoco, Box2D) an env of that family names the extra that brings it."""
+    import builtins
+
+    import gymnasium as gym
+
+    from esrl import envs
+    from esrl.errors import InputError
+
+    real_import = builtins.__import__
+
+    def no_box2d(name, *args, **kwargs):
+        if name == "Box2D" or name.startswith("Box2D."):
+            raise ImportError("No module named 'Box2D'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_box2d)
+    for mod in [m for m in list(sys.modules) if m.startswith(("Box2D", "gymnasium.envs.box2d"))]:
+        monkeypatch.delitem(sys.modules, mod)
+    with pytest.raises(InputError) as err:
+        envs.make("LunarLander-v3")
+    assert str(err.value).startswith("env:") and "esrl[box2d]" in str(err.value) and "\n" not in str(err.value)
+    assert envs.extra_for("ALE/Pong-v5") == "atari" and envs.extra_for("HalfCheetah-v5") == "mujoco"
+    assert envs.extra_for("CartPole-v1") is None and gym.spec("LunarLander-v3") is not None

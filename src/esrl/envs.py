@@ -140,10 +140,28 @@ def make(env_id: str, render_mode: str | None = None, episodic_life: bool = Fals
             base = gym.make(env_id, render_mode=render_mode, frameskip=1, repeat_action_probability=0.0, **kwargs)
             return _atari(base, sticky, episodic_life)
         return gym.make(env_id, render_mode=render_mode, **kwargs)
-    except gym.error.Error as exc:
+    except (gym.error.Error, ImportError) as exc:
+        extra = extra_for(env_id)
+        missing = isinstance(exc, ImportError | gym.error.DependencyNotInstalled | gym.error.NamespaceNotFound)
+        if extra and missing:
+            raise InputError("env", f"{env_id} needs esrl's {extra} extra", f"pip install 'esrl[{extra}]'") from None
+        if isinstance(exc, ImportError):
+            raise InputError("env", f"{env_id!r} needs a missing package: {exc}") from None
         raise InputError("env", f"cannot make {env_id!r}: {exc}", "a registered Gymnasium id such as CartPole-v1") from None
-    except ImportError as exc:
-        raise InputError("env", f"{env_id!r} needs a missing package: {exc}") from None
+
+
+def extra_for(env_id: str) -> str | None:
+    """The esrl extra that brings an env family's packages (None: the base install serves it)."""
+    if env_id.startswith("ALE/") or "NoFrameskip" in env_id:
+        return "atari"
+    try:
+        entry = gym.spec(env_id).entry_point
+    except gym.error.Error:
+        return None
+    for family in ("mujoco", "box2d"):
+        if isinstance(entry, str) and entry.startswith(f"gymnasium.envs.{family}"):
+            return family
+    return None
 
 
 def make_env(spec: EnvSpec, render_mode: str | None = None) -> gym.Env:
