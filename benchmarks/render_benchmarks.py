@@ -42,8 +42,9 @@ def time_to_solve_table(records: list[dict[str, Any]]) -> str:
         if r.get("bench") == "time_to_solve_meta":
             meta = r
         elif r.get("bench") == "time_to_solve":
-            key = (r["env"], r["algo"] + (f":{r['sync']}" if r.get("sync") else ""), r.get("backend", "processes"),
-                   r["workers"])
+            opts = "".join(f" {k}={v}" for k, v in sorted((r.get("options") or {}).items()))
+            key = (r["env"], r["algo"] + (f":{r['sync']}" if r.get("sync") else "") + opts,
+                   r.get("backend", "processes"), r["workers"])
             groups[key].append(r)
             meta_of[key] = meta
     if not runs:

@@ -19,6 +19,7 @@ unsolved) and, per algorithm, the speedup median(fewest workers) / median(this c
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -38,9 +39,12 @@ def emit(**record: object) -> None:
 
 
 def solve(algo: str, sync: str | None, env: str, target: float, seed: int, workers: int, max_seconds: float,
-          backend: str = "processes", device: str = "auto", population: int = 0) -> dict[str, Any]:
-    print(f"run: {algo} sync={sync} env={env} seed={seed} workers={workers}", file=sys.stderr, flush=True)
+          backend: str = "processes", device: str = "auto", population: int = 0, options: dict[str, Any] | None = None
+          ) -> dict[str, Any]:
+    print(f"run: {algo} sync={sync} env={env} seed={seed} workers={workers} {options or ''}", file=sys.stderr,
+          flush=True)
     cfg = ALGORITHMS[algo]() if sync is None else ALGORITHMS[algo](sync=sync)
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in (options or {}).items() if hasattr(cfg, k)})
     if algo == "es" and population:
         cfg.population = population
     if algo == "es" and backend == "vectorized":
@@ -69,6 +73,18 @@ def _commit() -> str:
         return "unknown"
 
 
+def _value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _applicable(algo: str, options: dict[str, Any]) -> dict[str, Any]:
+    fields = {f.name for f in dataclasses.fields(ALGORITHMS[algo])} if algo in ALGORITHMS else set()
+    return {k: v for k, v in options.items() if k in fields}
+
+
 def summarize(times: list[float]) -> tuple[int, float | None]:
     med = statistics.median(times)
     return sum(math.isfinite(t) for t in times), (med if math.isfinite(med) else None)
@@ -83,15 +99,19 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts to compare")
     parser.add_argument("--max-seconds", type=float, default=60.0, help="wall-clock budget per run")
-    parser.add_argument("--sb3", action="store_true", help="also time Stable-Baselines3 A2C and DQN (needs [bench])")
+    parser.add_argument("--sb3", nargs="?", const="a2c,dqn", default="", metavar="a2c,dqn",
+                        help="also time Stable-Baselines3's A2C and/or DQN (needs [bench]; default both)")
     parser.add_argument("--backend", default="processes", help="ES backend: processes, vectorized, serial, ray")
     parser.add_argument("--device", default="auto", help="torch device of ES's vectorized backend and RL's device "
                         "arrangements (--sync ga3c / device)")
     parser.add_argument("--population", type=int, default=0, help="ES population (0: the default)")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="an algorithm setting for every algorithm that has it (repeatable); recorded per run")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 12 s budget per run")
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.max_seconds = 1, 12.0
+    options = {k: _value(v) for k, v in (o.split("=", 1) for o in args.option)}
     emit(bench="time_to_solve_meta", commit=_commit(), date=time.strftime("%Y-%m-%d"), cpus=os.cpu_count(),
          load_avg_1m=os.getloadavg()[0], backend=args.backend, seeds=args.seeds, max_seconds=args.max_seconds)
 
@@ -100,7 +120,7 @@ def main() -> None:
         syncs = [None] if algo == "es" else args.sync.split(",")
         configs += [(algo, s, w) for s in syncs for w in args.workers]
     if args.sb3:
-        configs += [("sb3-a2c", None, 1), ("sb3-dqn", None, 1)]
+        configs += [(f"sb3-{a}", None, 1) for a in args.sb3.split(",")]
     times: dict[tuple[str, str | None, int], list[float]] = {c: [] for c in configs}
     for seed in range(args.seeds):
         for algo, sync, workers in configs:
@@ -110,10 +130,11 @@ def main() -> None:
                 s = time_to_solve(algo[4:], args.env, args.target, seed, args.max_seconds)
             else:
                 s = solve(algo, sync, args.env, args.target, seed, workers, args.max_seconds, args.backend,
-                          args.device, args.population)
+                          args.device, args.population, options)
             emit(bench="time_to_solve", algo=algo, sync=sync, env=args.env, target=args.target, workers=workers,
                  backend=args.backend if algo == "es" else ("in-process" if algo.startswith("sb3-") else "processes"),
-                 seed=seed, env_steps_to_threshold=s.get("env_steps_to_threshold"), solved=s["solved"], confirmed=s.get("confirmed"), confirmed_return=s.get("confirmed_return"),
+                 options=_applicable(algo, options), seed=seed, env_steps_to_threshold=s.get("env_steps_to_threshold"),
+                 solved=s["solved"], confirmed=s.get("confirmed"), confirmed_return=s.get("confirmed_return"),
                  time_to_threshold_s=s["time_to_threshold_s"], env_steps=s.get("env_steps"), wall_s=s["wall_s"],
                  best_eval_return=s.get("best_eval_return"))
             times[(algo, sync, workers)].append(s["time_to_threshold_s"] if s.get("confirmed") else math.inf)

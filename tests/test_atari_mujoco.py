@@ -13,7 +13,7 @@ from esrl import envs
 from esrl.config import A3CConfig, DQNConfig, DynaQConfig, ESConfig, RunConfig, build, load_file, split_settings
 from esrl.errors import InputError
 from esrl.es.algorithm import ESSetup
-from esrl.policies_cnn import ConvPolicy, reference_batch
+from esrl.es.policies_cnn import ConvPolicy, reference_batch
 
 pytest.importorskip("ale_py")
 pytest.importorskip("mujoco")

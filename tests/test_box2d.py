@@ -9,7 +9,7 @@ import pytest
 
 from esrl import envs
 from esrl.config import A3CConfig, ESConfig, RunConfig
-from esrl.policies_cnn import ConvPolicy
+from esrl.es.policies_cnn import ConvPolicy
 
 pytest.importorskip("Box2D")
 

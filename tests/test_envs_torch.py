@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from esrl.envs_np import NUMPY_ENVS, make_numpy_env
-from esrl.envs_torch import TORCH_ENVS, make_torch_env
 from esrl.errors import InputError
+from esrl.es.envs_np import NUMPY_ENVS, make_numpy_env
+from esrl.es.envs_torch import TORCH_ENVS, make_torch_env
 
 # float32 internals in Gymnasium's MountainCarContinuous: compare it at float32 tolerance
 RTOL = {"MountainCarContinuous-v0": 1e-5}

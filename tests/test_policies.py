@@ -4,7 +4,7 @@ import pytest
 
 from esrl import envs
 from esrl.errors import InputError
-from esrl.policies import MLP
+from esrl.es.policies import MLP
 
 
 def test_parameter_count_and_shapes():

@@ -199,8 +199,8 @@ def test_a_run_without_evaluations_has_no_best(tmp_path):
 @pytest.mark.parametrize("shape", [(4, 44, 44), (44, 44, 3)])
 def test_exported_es_cnn_acts_like_the_policy(shape):
     from esrl.envs import EnvSpec
+    from esrl.es.policies_cnn import ConvPolicy
     from esrl.export import _ESCNN
-    from esrl.policies_cnn import ConvPolicy
 
     gen = np.random.default_rng(0)
     spec = EnvSpec("Frames", int(np.prod(shape)), False, True, 6, None, None, 100, shape)

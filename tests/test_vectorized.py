@@ -69,8 +69,8 @@ def test_numpy_cpu_path_matches_torch_path_from_the_same_initial_states(monkeypa
     """The numpy engine (CPU) and the torch engine play the same episodes when started from the same states."""
     from esrl import envs
     from esrl.config import ESConfig
-    from esrl.envs_np import CartPole
-    from esrl.envs_torch import make_torch_env
+    from esrl.es.envs_np import CartPole
+    from esrl.es.envs_torch import make_torch_env
     from esrl.es.vectorized import ESTorchSetup
 
     seeds = []

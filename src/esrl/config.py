@@ -1,4 +1,7 @@
-"""Dataclass configs, documented field by field; the command line and config files derive from them.
+"""Dataclass configs, documented field by field, and their validation: the schema.
+
+The command line (`esrl.config_cli`) and config files (`esrl.config_files`) derive from it; this
+module re-exports both, so `esrl.config` is the one import.
 
 Each field carries its help text (and, where it has a closed set, its choices) in `metadata`,
 so the parser, `--help` and the validation messages never repeat a field's description.
@@ -6,16 +9,16 @@ so the parser, `--help` and the validation messages never repeat a field's descr
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
-import tomllib
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+# the command line and file loading live beside the schema; re-exported so `esrl.config` stays the one import
+from esrl.config_cli import add_arguments as add_arguments
+from esrl.config_files import build as build
+from esrl.config_files import load_file as load_file
+from esrl.config_files import load_run as load_run
+from esrl.config_files import split_settings as split_settings
 from esrl.errors import InputError
 
 
@@ -278,141 +281,9 @@ def _check(ok: bool, name: str, problem: str, accepted: str | None = None) -> No
         raise InputError(name, problem, accepted)
 
 
-# --- command line and files ------------------------------------------------------------------
-
-def _base_type(tp: Any) -> Any:
-    """int | None -> int; other annotations unchanged."""
-    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return args[0]
-    return tp
-
-
-def _parse_ints(text: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in text.split(",") if p.strip())
-
-
-def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One option per dataclass field; defaults are suppressed so that only given flags override."""
-    hints = typing.get_type_hints(cls)
-    group = parser.add_argument_group(cls.__name__, (cls.__doc__ or "").strip())
-    for f in dataclasses.fields(cls):
-        tp = _base_type(hints[f.name])
-        flag = "--" + f.name.replace("_", "-")
-        help_ = f"{f.metadata['help']} [default: {_show(f.default)}]"
-        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_}
-        if tp is bool:
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
-        elif typing.get_origin(tp) is tuple:
-            group.add_argument(flag, type=_parse_ints, metavar="N,N", **kwargs)
-        else:
-            group.add_argument(flag, type=tp, choices=f.metadata.get("choices"), **kwargs)
-
-
-def _show(v: Any) -> str:
-    if isinstance(v, tuple):
-        return ",".join(map(str, v)) or "(none)"
-    return repr(v) if isinstance(v, str) else str(v)
-
-
-def build(cls: type, values: dict[str, Any]) -> Any:
-    """An instance of `cls` from a mapping, coercing types; unknown keys are errors."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        if key not in names:
-            raise InputError(key, f"unknown setting for {cls.__name__}", ", ".join(sorted(names)))
-        out[key] = _coerce(key, _base_type(hints[key]), value)
-    return cls(**out)
-
-
-def _coerce(key: str, tp: Any, value: Any) -> Any:
-    if value is None:
-        return None
-    try:
-        if typing.get_origin(tp) is tuple:
-            return _parse_ints(value) if isinstance(value, str) else tuple(int(v) for v in value)
-        if tp is bool:
-            if not isinstance(value, bool):
-                raise TypeError
-            return value
-        if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if tp is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if tp is str and isinstance(value, str):
-            return value
-    except (TypeError, ValueError):
-        pass
-    else:
-        if tp not in (bool, float, int, str):
-            return value
-    raise InputError(key, f"expected {getattr(tp, '__name__', tp)}, got {value!r}")
-
-
-def load_file(path: str | Path) -> dict[str, Any]:
-    """A flat mapping of settings from a .toml, .yaml/.yml or .json file."""
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as exc:
-        raise InputError("config", f"cannot read {p}: {exc.strerror}") from None
-    try:
-        if p.suffix == ".toml":
-            data = tomllib.loads(text)
-        elif p.suffix in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text) or {}
-        elif p.suffix == ".json":
-            data = json.loads(text)
-        else:
-            raise InputError("config", f"unknown file type {p.suffix!r}", ".toml, .yaml, .yml, .json")
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError, ValueError) as exc:
-        if isinstance(exc, InputError):
-            raise
-        raise InputError("config", f"cannot parse {p}: {exc}".splitlines()[0]) from None
-    except Exception as exc:  # yaml.YAMLError without importing yaml at module level
-        raise InputError("config", f"cannot parse {p}: {exc}".splitlines()[0]) from None
-    if not isinstance(data, dict):
-        raise InputError("config", f"{p} must hold a mapping of setting: value")
-    return data
-
-
-def split_settings(values: dict[str, Any], algo_cls: type) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Split a flat mapping into (run settings, algorithm settings); unknown keys are errors."""
-    run_names = {f.name for f in dataclasses.fields(RunConfig)}
-    algo_names = {f.name for f in dataclasses.fields(algo_cls)}
-    run, algo = {}, {}
-    for k, v in values.items():
-        k = k.replace("-", "_")
-        if k in run_names:
-            run[k] = v
-        elif k in algo_names:
-            algo[k] = v
-        else:
-            raise InputError(k, "unknown setting", ", ".join(sorted(run_names | algo_names)))
-    return run, algo
-
-
 def to_dict(cfg: Any) -> dict[str, Any]:
     """JSON-ready dict of a config dataclass (tuples become lists)."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
-
-
-def load_run(run_dir: str | Path) -> tuple[str, RunConfig, Any]:
-    """(algorithm, run config, algorithm config) stored in a run directory's config.json."""
-    from esrl.runs.rundir import RunDir
-
-    data = RunDir.open(run_dir).read_json("config.json")
-    algo = data.get("algorithm") if isinstance(data, dict) else None
-    if algo not in ALGORITHMS or algo not in data:
-        raise InputError("run_dir", f"{run_dir}/config.json names no known algorithm", ", ".join(ALGORITHMS))
-    values = data[algo]
-    if algo != "es" and isinstance(values, dict):  # runs recorded before these settings trained without them
-        values = {"obs_norm": "off", "clip_rewards": "off", **values}
-    return algo, build(RunConfig, data["run"]), build(ALGORITHMS[algo], values)
 
 
 DEVICE_SYNC = {"a3c": "ga3c", "dqn": "device"}  # each algorithm's device arrangement, chosen by its name only

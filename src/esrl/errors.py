@@ -1,4 +1,5 @@
-"""The one error type that the command line turns into a one-line message and exit code 2."""
+"""Error types every layer may raise or catch: `InputError`, which the command line turns into a one-line
+message and exit code 2, and `NonFiniteError`, which pools (backends) report as a "nonfinite" stop."""
 
 from __future__ import annotations
 
@@ -14,3 +15,7 @@ class InputError(ValueError):
         if accepted:
             msg += f" (accepted: {accepted})"
         super().__init__(msg)
+
+
+class NonFiniteError(RuntimeError):
+    """A loss, gradient or reward that is NaN or infinite; names the worker and update."""

@@ -22,7 +22,7 @@ from torch import nn
 
 from esrl.envs import EnvSpec
 from esrl.errors import InputError
-from esrl.policies import MLP
+from esrl.es.policies import MLP
 from esrl.policy import Policy, load
 from esrl.runs.rundir import atomic_write
 

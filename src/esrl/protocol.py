@@ -56,6 +56,11 @@ class Counters:
     bytes_startup: int = 0
     messages_total: int = 0
 
+    @classmethod
+    def from_checkpoint(cls, manifest: dict[str, Any]) -> Counters:
+        """The counters a checkpoint's manifest stored (`Measurement.checkpoint_counters` wrote them)."""
+        return cls(**manifest["meta"]["counters"])
+
 
 def resolve_target(run: RunConfig, spec: envs.EnvSpec) -> float | None:
     """The target return: the run's own, else the env's `reward_threshold` (None when it has none)."""

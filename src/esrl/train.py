@@ -13,34 +13,23 @@ from typing import Any
 
 import numpy as np
 
-from esrl import __version__, protocol
+from esrl import protocol
 from esrl.backends import default_workers, make_backend
 from esrl.backends.base import Backend
-from esrl.config import ESConfig, RunConfig, check_combination, to_dict
+from esrl.config import ESConfig, RunConfig, check_combination
 from esrl.errors import InputError
 from esrl.es import algorithm as es
 from esrl.progress import Progress
 from esrl.protocol import Counters, Measurement, resolve_target
 from esrl.runs import checkpoint, interrupts, sinks
 from esrl.runs.rundir import RunDir
+from esrl.train_common import default_run_dir, resolve_device, write_config
 
 ALGORITHM = "es"
 # fields of a metrics line that do not depend on timing: equal for equal seeds
 DETERMINISTIC_KEYS = ("iteration", "env_steps", "episodes", "eval_env_steps", "eval_episodes", "return_mean",
                       "return_max", "return_min", "eval_return", "unperturbed_rank", "update_norm", "step_cap",
                       "nonfinite_returns")
-
-
-def _device(name: str) -> str:
-    if name != "auto":
-        return name
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def default_run_dir(run: RunConfig) -> str:
-    return f"runs/{ALGORITHM}-{run.env}-s{run.seed}"
 
 
 def train(run: RunConfig, cfg: ESConfig, overwrite: bool = False, resume: bool = False,
@@ -55,7 +44,7 @@ def train(run: RunConfig, cfg: ESConfig, overwrite: bool = False, resume: bool =
     t_start = time.perf_counter()
     run.validate()
     cfg.validate()
-    run_dir_path = run.run_dir or default_run_dir(run)
+    run_dir_path = run.run_dir or default_run_dir(ALGORITHM, run)
     spec = run.env_spec()
     target = resolve_target(run, spec)
     setup: es.ESSetup = es.ESSetup(cfg, spec, run.seed)
@@ -63,7 +52,7 @@ def train(run: RunConfig, cfg: ESConfig, overwrite: bool = False, resume: bool =
     if run.backend == "vectorized":
         from esrl.es.vectorized import ESTorchSetup
 
-        setup = ESTorchSetup(cfg, spec, run.seed, device=_device(run.device))
+        setup = ESTorchSetup(cfg, spec, run.seed, device=resolve_device(run.device))
 
     state: dict[str, Any] | None = None
     counters = Counters()
@@ -86,7 +75,7 @@ def train(run: RunConfig, cfg: ESConfig, overwrite: bool = False, resume: bool =
         if manifest_path is not None:
             tensors, manifest = checkpoint.load(manifest_path, ALGORITHM, {"theta": (master.dim,)})
             state = {**tensors, **manifest["meta"]["scalars"]}
-            counters = Counters(**manifest["meta"]["counters"])
+            counters = Counters.from_checkpoint(manifest)
             master.set_state(state)
         rd.truncate_metrics(master.iteration)
     else:
@@ -98,9 +87,8 @@ def train(run: RunConfig, cfg: ESConfig, overwrite: bool = False, resume: bool =
             raise
     run = dataclasses.replace(run, run_dir=str(rd.path))
     sinks.attach(rd, run, callbacks)
-    rd.write_json("config.json", {"algorithm": ALGORITHM, "esrl_version": __version__, "run": to_dict(run),
-                                  "es": to_dict(cfg), "resolved": {"target_return": target, "workers": workers,
-                                  "num_params": master.dim, "noise_table_size": master.table_size}})
+    write_config(rd, ALGORITHM, run, cfg, {"target_return": target, "workers": workers, "num_params": master.dim,
+                                           "noise_table_size": master.table_size})
 
     progress = Progress(show_progress)
     m = Measurement(run, target, counters, t_start)

@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from esrl import __version__, envs
+from esrl import envs
 from esrl.backends import default_workers
 from esrl.backends.pool import ProcessPool, SerialPool, WorkerFailure, context
-from esrl.config import RunConfig, check_combination, resolve_rl, to_dict
+from esrl.config import RunConfig, check_combination, resolve_rl
 from esrl.errors import InputError
 from esrl.obstat import ObsStat
 from esrl.progress import Progress
@@ -32,6 +32,7 @@ from esrl.rl.device_pool import device_arrangement, make_arrangement
 from esrl.runs import checkpoint, interrupts, sinks
 from esrl.runs.rundir import RunDir
 from esrl.stores import make_store
+from esrl.train_common import default_run_dir, resolve_device, write_config
 
 
 def setup_for(algo: str, cfg: Any, spec: envs.EnvSpec, seed: int) -> Any:
@@ -65,7 +66,7 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
     cfg.validate()
     check_combination(algo, run, cfg)  # conflicts first: run.validate looks for CUDA, a conflict is refused anywhere
     run.validate()
-    run_dir_path = run.run_dir or f"runs/{algo}-{run.env}-s{run.seed}"
+    run_dir_path = run.run_dir or default_run_dir(algo, run)
     spec = run.env_spec()
     cfg = resolve_rl(algo, run, cfg, spec)  # obs_norm and clip_rewards "auto" follow the env
     check_combination(algo, run, cfg, spec.obs_onehot, spec)
@@ -100,7 +101,7 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
             tensors, manifest = checkpoint.load(manifest_path, algo, {"params": tuple(params.shape)})
             loaded = (torch.from_numpy(tensors["params"]), {"m": torch.from_numpy(tensors["opt_m"]),
                       "v": torch.from_numpy(tensors["opt_v"])}, int(manifest["meta"]["version"]))
-            counters = Counters(**manifest["meta"]["counters"])
+            counters = Counters.from_checkpoint(manifest)
             iteration = int(manifest["meta"]["iteration"])
             if hasattr(setup, "restore"):  # the stores the setup attached: Dyna-Q's world model and counts
                 setup = setup.restore(tensors)
@@ -117,15 +118,15 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
     if obs_stat is not None and resume:  # workers go on from the run's statistics
         setup = dataclasses.replace(setup, obs_stat=obs_stat.copy())
     serial = run.backend == "serial"
-    rd.write_json("config.json", {"algorithm": algo, "esrl_version": __version__, "run": to_dict(run),
-                                  algo: to_dict(cfg), "resolved": {"target_return": target, "workers": workers,
-                                  "num_params": int(params.numel()), "sync": "serial" if serial else cfg.sync}})
+    write_config(rd, algo, run, cfg, {"target_return": target, "workers": workers, "num_params": int(params.numel()),
+                                      "sync": "serial" if serial else cfg.sync})
 
     max_restarts = 3 * workers
     store: Any
     pool: Any
     if arrangement is not None:  # the model on a device, actors on the CPU: one object is pool and store
-        store = pool = make_arrangement(arrangement, setup, params, optim_spec(cfg), workers, ctx, run.device)
+        store = pool = make_arrangement(arrangement, setup, params, optim_spec(cfg), workers, ctx,
+                                       resolve_device(run.device))
     elif serial:
         store = make_store("lock", params, optim_spec(cfg), ctx)
         pool = SerialPool(setup, store, workers)

@@ -24,6 +24,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from esrl.backends.base import Traffic
+from esrl.errors import NonFiniteError
 from esrl.shm import Flag, die_with_parent, hold
 
 REPORT_S = 0.1
@@ -108,7 +109,7 @@ def _worker_main(setup: Any, wid: int, client: Any, conn: Connection, stop: Flag
         _send_report(conn, wid, acc, clients, compute)  # the last updates count too
         conn.send_bytes(pickle.dumps(("done", wid)))
     except Exception as exc:
-        kind = "nonfinite" if type(exc).__name__ == "NonFiniteError" else "error"
+        kind = "nonfinite" if isinstance(exc, NonFiniteError) else "error"
         update = getattr(worker, "updates", 0)
         text = f"worker {wid}, update {update}: {exc}" if kind == "nonfinite" else traceback.format_exc()
         try:
@@ -191,7 +192,7 @@ class ProcessPool:
                     count_report(self, len(data))
                     continue
                 if kind == "report":
-                    reports.extend(take_report(self, *body, len(data)))
+                    reports.extend(take_report(self, body[0], body[1], body[2], len(data)))
                 else:
                     raise WorkerFailure(body[0], nonfinite=(kind == "nonfinite"))
             else:
@@ -232,7 +233,7 @@ class ProcessPool:
                     count_report(self, len(data))
                     break
                 if kind == "report":
-                    reports.extend(take_report(self, *body, len(data)))
+                    reports.extend(take_report(self, body[0], body[1], body[2], len(data)))
             proc.join(max(0.0, deadline - time.monotonic()))
             if proc.is_alive():
                 proc.kill()
@@ -285,7 +286,7 @@ class SerialPool:
             try:
                 reports.append(w.step())
             except Exception as exc:
-                if type(exc).__name__ == "NonFiniteError":
+                if isinstance(exc, NonFiniteError):
                     raise WorkerFailure(f"worker {w.wid}, update {w.updates}: {exc}", nonfinite=True) from None
                 raise
             self.traffic.compute_s += time.perf_counter() - t0

@@ -27,6 +27,7 @@ from typing import Any
 
 from esrl.backends.base import Traffic
 from esrl.backends.pool import REPORT_S, WorkerFailure, _absorb, _clients, count_report, take_report
+from esrl.errors import NonFiniteError
 from esrl.shm import PAUSE_NAP_S
 
 IN_FLIGHT = 2  # work() calls queued per actor
@@ -96,7 +97,7 @@ class WorkerActor:
 
             if isinstance(exc, ray.exceptions.RayActorError):  # a shard, the replay or the model holder
                 return "error", f"worker {self.wid}: an actor of the run's stores died ({type(exc).__name__})"
-            if type(exc).__name__ == "NonFiniteError":
+            if isinstance(exc, NonFiniteError):
                 return "nonfinite", f"worker {self.wid}, update {getattr(self.worker, 'updates', 0)}: {exc}"
             return "error", traceback.format_exc()
 
@@ -114,7 +115,7 @@ class RayPool:
         self.traffic = Traffic()
         self.events: list[dict[str, Any]] = []
         self.staleness: list[int] = []
-        self._cls = ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0,
+        self._cls = ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0,  # type: ignore[call-overload]
                                concurrency_groups={CONTROL: 1})(WorkerActor)
         self._setup_bytes = len(pickle.dumps(setup))  # sent with every actor's creation
         self._paused = False
@@ -212,7 +213,7 @@ class RayPool:
             if msg[0] != "report":
                 count_report(self, len(pickle.dumps(msg)))
                 raise WorkerFailure(msg[1], nonfinite=(msg[0] == "nonfinite"))
-            reports.extend(take_report(self, *msg[1:], len(pickle.dumps(msg))))
+            reports.extend(take_report(self, msg[1], msg[2], msg[3], len(pickle.dumps(msg))))
             if actor in self._joining:
                 self._joining.discard(actor)
                 self.events.append({"event": "worker_joined", "worker": wid, "slot": self._actors[wid][1]})

@@ -21,8 +21,8 @@ from esrl.config import ESConfig
 from esrl.errors import InputError
 from esrl.es import noise, optim, shaping
 from esrl.es.obstat import ObsStat
+from esrl.es.policies import MLP, Policy
 from esrl.es.rollout import run_episodes
-from esrl.policies import MLP, Policy
 
 MAX_BATCH_FLOATS = 1 << 22  # rows x params evaluated at once; bounds memory for big policies
 
@@ -227,7 +227,7 @@ def make_policy(spec: envs.EnvSpec, cfg: ESConfig, seed: int) -> Policy:
                          "mlp or auto")
     import torch
 
-    from esrl.policies_cnn import ConvPolicy, reference_batch
+    from esrl.es.policies_cnn import ConvPolicy, reference_batch
 
     torch.set_num_threads(1)  # one ES worker per core: torch threads would fight the other workers
     ref = reference_batch(spec, seed, cfg.vbn_batch) if cfg.vbn_batch else None

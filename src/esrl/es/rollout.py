@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import gymnasium as gym
 import numpy as np
 
-from esrl.policies import Policy
+from esrl.es.policies import Policy
 
 
 @dataclass

@@ -1,15 +1,15 @@
 """ES on one device: the whole population's episodes as one batch of torch envs (numpy on the CPU).
 
 `ESTorchReplica` is an `ESReplica` whose `run` evaluates its members with a batched torch
-env (`esrl.envs_torch`) and per-member weights applied by batched matrix products; the noise
+env (`esrl.es.envs_torch`) and per-member weights applied by batched matrix products; the noise
 table is copied to the device once. Rows whose episodes end are compacted out of the
 batch, so a long tail of survivors does not cost the whole batch. The
 update (`apply`) is the parent's, so the maths is the same; the env implementation and its
 initial-state stream differ from Gymnasium's, so results are identical for the same seed
 on the same device, not across devices or against the process backends.
 
-On the CPU the batch runs in numpy instead (`esrl.envs_np`, the numpy MLP of
-`esrl.policies`) wherever a numpy env exists: same equations, a tenth of torch's per-call
+On the CPU the batch runs in numpy instead (`esrl.es.envs_np`, the numpy MLP of
+`esrl.es.policies`) wherever a numpy env exists: same equations, a tenth of torch's per-call
 cost, which dominates at a few hundred rows. Torch stays for CUDA.
 """
 
@@ -23,10 +23,10 @@ import numpy as np
 import torch
 
 from esrl import seeding
-from esrl.envs_np import NUMPY_ENVS, make_numpy_env
-from esrl.envs_torch import TORCH_ENVS, make_torch_env
 from esrl.errors import InputError
 from esrl.es.algorithm import ESReplica, ESSetup, obs_record_mask
+from esrl.es.envs_np import NUMPY_ENVS, make_numpy_env
+from esrl.es.envs_torch import TORCH_ENVS, make_torch_env
 
 MAX_BATCH_FLOATS = 1 << 26  # members x params per chunk on the device
 COMPACT_BELOW = 0.5  # numpy path: drop finished rows once fewer than this fraction of the batch is live

@@ -12,12 +12,9 @@ import torch
 
 from esrl import envs, seeding
 from esrl.envs import EnvSpec
+from esrl.errors import NonFiniteError  # re-exported: the RL algorithms raise it from here
 from esrl.obstat import ObsStat
 from esrl.rl.optim import OptimSpec
-
-
-class NonFiniteError(RuntimeError):
-    """A loss, gradient or reward that is NaN or infinite; names the worker and update."""
 
 
 @dataclass

@@ -31,15 +31,12 @@ import torch
 
 from esrl.backends.base import Traffic
 from esrl.backends.pool import WorkerFailure
+from esrl.errors import NonFiniteError
 from esrl.rl import optim
 from esrl.rl.common import Report
 from esrl.shm import PAUSE_NAP_S, Flag, die_with_parent, hold
 
 REPORT_S = 0.1
-
-
-def resolve_device(name: str) -> torch.device:
-    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
 
 
 class ActorLink:
@@ -89,7 +86,7 @@ def actor_main(body: Callable[[ActorLink], None], wid: int, reports: Any, stop: 
         link.maybe_report(force=True)
         reports.put(pickle.dumps(("done", wid)))
     except Exception as exc:
-        kind = "nonfinite" if type(exc).__name__ == "NonFiniteError" else "error"
+        kind = "nonfinite" if isinstance(exc, NonFiniteError) else "error"
         reports.put(pickle.dumps((kind, wid, f"actor {wid}: {exc}" if kind == "nonfinite" else traceback.format_exc())))
 
 
@@ -216,7 +213,7 @@ class DeviceArrangement:
     def poll(self, timeout: float) -> list[Report]:
         if self._error is not None:
             exc = self._error
-            nonfinite = type(exc).__name__ == "NonFiniteError"
+            nonfinite = isinstance(exc, NonFiniteError)
             raise WorkerFailure(str(exc) if nonfinite else "".join(traceback.format_exception(exc)), nonfinite)
         out: list[Report] = []
         try:
@@ -297,10 +294,11 @@ def device_arrangement(algo: str, run: Any, cfg: Any) -> str | None:
 
 def make_arrangement(name: str, setup: Any, params: torch.Tensor, spec: optim.OptimSpec, workers: int, ctx: Any,
                      device: str) -> DeviceArrangement:
+    """The named arrangement on `device`, a torch device name ("auto" is resolved by the training loop)."""
     if name == "ga3c":
         from esrl.rl.ga3c import GA3C
 
-        return GA3C(setup, params, spec, workers, ctx, resolve_device(device))
+        return GA3C(setup, params, spec, workers, ctx, torch.device(device))
     from esrl.rl.device_dqn import DeviceDQN
 
-    return DeviceDQN(setup, params, spec, workers, ctx, resolve_device(device))
+    return DeviceDQN(setup, params, spec, workers, ctx, torch.device(device))

@@ -1,6 +1,6 @@
 """Batched numpy versions of Gymnasium's classic-control tasks, for the vectorized backend on the CPU.
 
-The same equations as `esrl.envs_torch` (constants are read from those classes, so the two
+The same equations as `esrl.es.envs_torch` (constants are read from those classes, so the two
 cannot drift), written for numpy's lower per-call cost: on one CPU core a population of a
 few hundred rows is far below the size where torch's per-op overhead (several us) amortizes.
 The state is stored member-last, `(state_dim, n)`, so each variable is one contiguous row
@@ -16,8 +16,8 @@ import math
 
 import numpy as np
 
-from esrl import envs_torch as T
 from esrl.errors import InputError
+from esrl.es import envs_torch as T
 
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray]
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from esrl import envs, seeding
 from esrl.envs import EnvSpec
 from esrl.errors import InputError
-from esrl.policies import flatten, to_actions, unflatten
+from esrl.es.policies import flatten, to_actions, unflatten
 
 VBN_EPS = 1e-5
 REF_KEEP = 0.125  # chance that a frame of the random-action trajectory joins the reference batch
