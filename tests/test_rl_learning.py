@@ -89,3 +89,36 @@ def test_cpu_a3c_and_dqn_learn_cartpole(tmp_path, algo, seed, target):
     first = json.loads((tmp_path / algo / "metrics.jsonl").read_text().splitlines()[0])
     assert first["env_steps"] <= 40 and first["eval_return"] < target  # the (nearly) initial policy does not
     assert s["solved"] and s["confirmed"] and s["env_steps_to_threshold"] > 0, s
+
+
+def test_ga3c_bootstraps_a_truncated_step(tmp_path, monkeypatch):
+    """GA3C's actors compute returns like A3C's workers: the first trajectory, as its trainer receives it."""
+    from esrl.rl import a3c
+
+    c, gamma = 10.0, 0.9
+    real_build, real_gradient = A3CSetup.build_model, a3c.gradient
+    batches = []
+
+    def constant_value(self):  # V(s) = c everywhere, so the expected returns are known in closed form
+        model = real_build(self)
+        with torch.no_grad():
+            model.v[-1].weight.zero_()
+            model.v[-1].bias.fill_(c)
+        return model
+
+    def capture(model, batch, cfg):
+        batches.append((batch[0].clone(), batch[3].clone()))
+        return real_gradient(model, batch, cfg)
+
+    monkeypatch.setattr(A3CSetup, "build_model", constant_value)
+    monkeypatch.setattr(a3c, "gradient", capture)  # the trainer thread runs in this process
+    cfg = A3CConfig(sync="ga3c", hidden=(), shared_trunk=False, n_steps=5, envs_per_worker=1, gamma=gamma,
+                    gae_lambda=1.0, lr=1e-12, report_every=1)
+    run = RunConfig(env="esrl-test/Truncated-v0", seed=0, workers=1, device="cpu", max_iterations=3, max_seconds=60,
+                    target_return=1e9, eval_episodes=1, confirm_episodes=0, run_dir=str(tmp_path / "g"))
+    train_rl("a3c", run, cfg, show_progress=False)
+    obs, returns = batches[0]
+    assert obs[:, 0].tolist() == [0, 1, 2, 0, 1]  # the actor's first trajectory: truncated after step 3
+    expected = [1 + gamma * (1 + gamma * (1 + gamma * c)), 1 + gamma * (1 + gamma * c), 1 + gamma * c,
+                1 + gamma * (1 + gamma * c), 1 + gamma * c]
+    torch.testing.assert_close(returns, torch.tensor(expected), rtol=1e-4, atol=1e-4)
