@@ -141,10 +141,14 @@ def test_step_count_equals_updates_applied_and_metrics(tmp_path, sync):
 
 
 class DyingCartPole(CartPoleEnv):
+    """The first worker process to step it dies; the coordinator (which evaluates with it) is spared."""
+
     marker: Path | None = None
+    coordinator = os.getpid()
 
     def step(self, action):
-        if DyingCartPole.marker is not None and not DyingCartPole.marker.exists():
+        if DyingCartPole.marker is not None and os.getpid() != DyingCartPole.coordinator \
+                and not DyingCartPole.marker.exists():
             try:
                 os.close(os.open(DyingCartPole.marker, os.O_CREAT | os.O_EXCL))
                 os._exit(9)

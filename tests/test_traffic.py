@@ -359,3 +359,27 @@ def test_ray_backend_counts_startup_and_one_message_per_call():
         assert d.messages == 3 + 3 + 2 + 2 * 2 and d.startup == 0 and d.sent.get("state", 0) == 0
     finally:
         backend.close()
+
+
+@pytest.mark.parametrize("sync", ["hogwild", "param-server"])
+def test_settle_after_pause_counts_every_update_the_store_holds(sync):
+    """What an evaluation snapshots is exactly what the coordinator has counted (env steps to threshold)."""
+    store, pool = _pool("a3c", sync)
+    counted = 0
+
+    def version() -> int:
+        return int(store.snapshot()[2])
+
+    try:
+        pool.start()
+        counted += _run_until(pool, version, 20)
+        pool.pause()
+        counted += sum(r.updates for r in pool.settle())  # no sleeping: the acknowledgements say when
+        assert counted == version()
+        pool.resume()
+        counted += _run_until(pool, version, version() + 10)
+    finally:
+        counted += sum(r.updates for r in pool.close())
+        final = version()
+        store.close()
+    assert counted == final

@@ -114,7 +114,9 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
     run = dataclasses.replace(run, run_dir=str(rd.path))
     sinks.attach(rd, run, callbacks)
     if hasattr(setup, "start_steps"):  # a resumed DQN continues its epsilon schedule (its replay starts empty)
-        setup = dataclasses.replace(setup, start_steps=counters.env_steps // workers)
+        # Dyna-Q: only worker 0 steps envs, so its schedule is all the run's steps, not a 1/workers share
+        acting = 1 if algo == "dynaq" else workers
+        setup = dataclasses.replace(setup, start_steps=counters.env_steps // acting)
     if obs_stat is not None and resume:  # workers go on from the run's statistics
         setup = dataclasses.replace(setup, obs_stat=obs_stat.copy())
     serial = run.backend == "serial"
@@ -168,17 +170,23 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
     threshold_params: torch.Tensor | None = None
     threshold_obs: ObsStat | None = None
     hard_stop = False
+
+    def fold(reports: list[Any]) -> None:
+        nonlocal updates
+        for rep in reports:
+            if obs_stat is not None and rep.obs is not None:
+                obs_stat.merge(rep.obs)
+            interval.merge(rep)
+            updates += rep.updates
+            counters.env_steps += rep.env_steps
+            counters.episodes += len(rep.returns)
+
+    started = False  # workers start after the initial policy's evaluation (at 0 env steps, as for ES)
     with interrupts.deferred():
         try:
-            pool.start()
             while True:
-                for rep in pool.poll(0.05):
-                    if obs_stat is not None and rep.obs is not None:
-                        obs_stat.merge(rep.obs)
-                    interval.merge(rep)
-                    updates += rep.updates
-                    counters.env_steps += rep.env_steps
-                    counters.episodes += len(rep.returns)
+                if started:
+                    fold(pool.poll(0.05))
                 evaluate = m.due()
                 if updates >= next_line or evaluate:
                     next_line = (updates // cfg.report_every + 1) * cfg.report_every  # reports may carry many
@@ -186,6 +194,7 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
                     ev = None
                     if evaluate:
                         pool.pause()  # no worker starts an update while the policy is evaluated
+                        fold(pool.settle())  # updates in hand finish and are counted: the store holds what was
                         snap = store.snapshot()
                         ev = m.evaluate(play(snap[0], obs_stat))
                         if ev.first:
@@ -212,6 +221,9 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
                     if not keep_going:  # a callback asked to stop: the final checkpoint follows, as for a budget
                         stop_reason = "callback"
                         break
+                if not started:
+                    pool.start()
+                    started = True
                 if run.budget_spent(iteration, m.elapsed(), counters.env_steps):
                     break
                 if interrupts.requested():
@@ -223,12 +235,7 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
             stop_reason, failure = "interrupted", None
             hard_stop = True
         finally:
-            for rep in pool.close():
-                if obs_stat is not None and rep.obs is not None:
-                    obs_stat.merge(rep.obs)
-                updates += rep.updates
-                counters.env_steps += rep.env_steps
-                counters.episodes += len(rep.returns)
+            fold(pool.close() if started else [])
     if failure is None and not hard_stop:
         save_checkpoint(store.snapshot(), iteration)
     store.close()

@@ -92,6 +92,7 @@ def _worker_main(setup: Any, wid: int, client: Any, conn: Connection, stop: Flag
                 if acc is not None:  # what was done before the pause reaches the coordinator now
                     _send_report(conn, wid, acc, clients, compute)
                     acc, compute = None, 0.0
+                conn.send_bytes(pickle.dumps(("paused", wid)))  # after the flush: the coordinator's settle waits for it
                 if not hold(pause, stop):
                     break
                 last = time.perf_counter()
@@ -142,6 +143,7 @@ class ProcessPool:
         self.staleness: list[int] = []
         self._stop = Flag(ctx)  # a raw byte: a worker killed mid-check cannot leave it locked
         self._pause = Flag(ctx)  # workers look at it before each update; replacements inherit it
+        self._acked: set[int] = set()  # workers that acknowledged the current pause
         self._procs: dict[int, tuple[Any, Connection]] = {}
         self._next_slot = 0
 
@@ -188,8 +190,10 @@ class ProcessPool:
                     self._died(wid)
                     continue
                 kind, _, *body = pickle.loads(data)
-                if kind == "done":
+                if kind in ("done", "paused"):
                     count_report(self, len(data))
+                    if kind == "paused":
+                        self._acked.add(wid)
                     continue
                 if kind == "report":
                     reports.extend(take_report(self, body[0], body[1], body[2], len(data)))
@@ -201,7 +205,18 @@ class ProcessPool:
 
     def pause(self) -> None:
         """From now on no worker begins an update (one in progress may finish); returns at once."""
+        self._acked = set()
         self._pause.set()
+
+    def settle(self, timeout: float = 10.0) -> list[Any]:
+        """After `pause`: wait until every live worker has finished its update in hand and sent what it
+        did (its "paused" message follows its last report); those reports. Then the store holds exactly
+        the updates the coordinator has counted."""
+        reports: list[Any] = []
+        deadline = time.monotonic() + timeout
+        while set(self._procs) - self._acked and time.monotonic() < deadline:
+            reports.extend(self.poll(0.01))
+        return reports
 
     def resume(self) -> None:
         self._pause.clear()
@@ -275,6 +290,10 @@ class SerialPool:
 
     def resume(self) -> None:
         self._paused = False
+
+    def settle(self, timeout: float = 10.0) -> list[Any]:
+        """Nothing is in flight between rounds."""
+        return []
 
     def poll(self, timeout: float) -> list[Any]:
         """One round: every worker does one update (none while paused)."""

@@ -28,7 +28,6 @@ from typing import Any
 from esrl.backends.base import Traffic
 from esrl.backends.pool import REPORT_S, WorkerFailure, _absorb, _clients, count_report, take_report
 from esrl.errors import NonFiniteError
-from esrl.shm import PAUSE_NAP_S
 
 IN_FLIGHT = 2  # work() calls queued per actor
 CONTROL = "control"  # the actors' concurrency group for pause/resume
@@ -69,11 +68,8 @@ class WorkerActor:
             acc, compute = None, 0.0
             end = time.perf_counter() + seconds
             while True:
-                if self.paused:  # begin no update; the call ends when its time is up
-                    if time.perf_counter() >= end:
-                        break
-                    time.sleep(PAUSE_NAP_S)
-                    continue
+                if self.paused:  # begin no update: the call ends now, with what it did
+                    break
                 t0 = time.perf_counter()
                 rep = self.worker.step()
                 compute += time.perf_counter() - t0
@@ -182,6 +178,15 @@ class RayPool:
         refs = [self._control(a, "pause") for a, _slot in self._actors.values()]
         if refs:
             self.ray.wait(refs, num_returns=len(refs), timeout=PAUSE_ACK_S)
+
+    def settle(self, timeout: float = 10.0) -> list[Any]:
+        """After `pause`: the work() calls in flight end at their next update boundary; their reports.
+        No call is submitted while paused, so when none is pending the store holds what was counted."""
+        reports: list[Any] = []
+        deadline = time.monotonic() + timeout
+        while self._pending and time.monotonic() < deadline:
+            reports.extend(self.poll(0.01))
+        return reports
 
     def resume(self) -> None:
         self._paused = False

@@ -87,12 +87,13 @@ class RunRecord:
         return float(v) if v is not None else self.bytes_running() / max(1, self.env_steps)
 
     def bytes_to_threshold(self, target: float | None) -> float | None:
-        """Bytes a confirmed solve moved to reach the target; None when not solved."""
+        """Bytes a confirmed solve moved to reach the target, start-up included; None when not solved."""
         if not self.confirmed:
             return None
         if self.summary.get("bytes_total") is not None and self.summary.get("stop_reason") in ("solved", None):
             return float(self.summary["bytes_total"])
-        return self.bytes_per_env_step() * self.steps_to_threshold(target)
+        startup = float(self.summary.get("bytes_startup") or 0)  # as a run that stopped at its solve counts it
+        return startup + self.bytes_per_env_step() * self.steps_to_threshold(target)
 
     def episodes_to_threshold(self) -> int:
         v = self.summary.get("episodes_to_threshold")

@@ -174,6 +174,12 @@ class DeviceArrangement:
         """From now on no actor begins a unit of work and the learner no update; returns at once."""
         self.paused.set()
 
+    def settle(self, timeout: float = 10.0) -> list[Any]:
+        """After `pause`. The learner runs in this process, so its updates are already counted in the
+        store; what actors stepped since their last report arrives with their next one (at most
+        REPORT_S late): env steps to threshold may lag by that much here, unlike the pools."""
+        return []
+
     def resume(self) -> None:
         self.paused.clear()
 
