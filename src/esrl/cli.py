@@ -10,7 +10,7 @@ import signal
 import sys
 from typing import Any, NoReturn
 
-from esrl import config
+from esrl import config, zoo
 from esrl.errors import InputError
 
 # settings a resumed run may change: budgets and where it runs, never the algorithm's maths
@@ -69,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="vectorized backend and the RL device arrangements [default: auto]")
     sw.add_argument("--target-return", type=float, help="[default: the env's reward_threshold]")
     sw.add_argument("--max-seconds", type=float, help="budget per run [default: 60]")
+    sw.add_argument("--preset", choices=["auto", "none"], help="auto: each arm's zoo preset for the env "
+                    "(configs/zoo/), beneath --config's settings; none: the defaults [default: auto]")
     sw.add_argument("--config", help="YAML/TOML file: the options above plus `settings: {algo or arm: {key: value}}`")
     sw.add_argument("--out", required=True, help="sweep directory")
     sw.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -138,6 +140,9 @@ def _train(args: argparse.Namespace) -> int:
     algo_cls = config.ALGORITHMS[args.algo]
     values = config.load_file(args.config) if args.config else {}
     values.update(_given(args, config.RunConfig, algo_cls))
+    values, preset = zoo.resolve(args.algo, values, from_config_file=bool(args.config))
+    if preset != "none" and not args.quiet:
+        print(f"esrl: settings from the zoo: {preset} (--preset none: without)", file=sys.stderr)
     run_vals, algo_vals = config.split_settings(values, algo_cls)
     run = config.build(config.RunConfig, run_vals)
     cfg = config.build(algo_cls, algo_vals)
@@ -161,7 +166,7 @@ def _sweep(args: argparse.Namespace) -> int:
         v = getattr(args, key)
         if v is not None:
             values[key] = v
-    for key in ("env", "seeds", "backend", "address", "device", "target_return", "max_seconds"):
+    for key in ("env", "seeds", "backend", "address", "device", "target_return", "max_seconds", "preset"):
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)
     if isinstance(values.get("algos"), str):

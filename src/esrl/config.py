@@ -54,6 +54,9 @@ class RunConfig:
     run_dir: str = _f("", "run directory (default: runs/<algo>-<env>-s<seed>)")
     max_episode_steps: int = _f(0, "cap every training and evaluation episode at this many steps (0 = the env's limit)")
     episodic_life: bool = _f(False, "Atari: a lost life ends the training episode (evaluation plays whole games)")
+    preset: str = _f("auto", "tuned settings from the zoo (configs/zoo/): auto (ALGO/ENV.toml and the env's measurement "
+                     "settings in envs.toml, when they exist and no --config is given), none, or a preset file; "
+                     "config.json records which file was used")
     tensorboard: bool = _f(True, "also write each metrics line as TensorBoard scalars under RUN/tb/ (step: env steps)")
 
     def env_spec(self) -> Any:

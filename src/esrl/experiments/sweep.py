@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from esrl import config
+from esrl import config, zoo
 from esrl.errors import InputError
 from esrl.runs.rundir import atomic_write
 
@@ -84,6 +84,7 @@ class SweepSpec:
     target_return: float | None = None  # resolved from the env's reward_threshold when not given
     max_seconds: float = 60.0
     settings: dict[str, dict[str, Any]] = field(default_factory=dict)  # per algorithm or per arm: config overrides
+    preset: str = "auto"  # auto: each arm's zoo preset for the env (configs/zoo/) under `settings`; none: defaults
 
     def validate(self) -> None:
         """Everything that can be checked before the first run starts: types, arms, the env, every combination."""
@@ -105,6 +106,8 @@ class SweepSpec:
             raise InputError("seeds", f"must be an integer >= 1, got {self.seeds!r}")
         if self.backend not in BACKENDS:
             raise InputError("backend", f"unknown backend {self.backend!r}", ", ".join(BACKENDS))
+        if self.preset not in ("auto", "none"):
+            raise InputError("preset", f"unknown {self.preset!r}", "auto, none")
         if not isinstance(self.settings, dict) or not all(isinstance(v, dict) for v in self.settings.values()):
             raise InputError("settings", f"expected a mapping of algorithm or arm: settings, got {self.settings!r}")
         keys = set(self.algos) | {parse_arm(a)[0] for a in self.algos}
@@ -142,7 +145,8 @@ class SweepSpec:
     def arm_config(self, arm: str) -> Any:
         """The algorithm config of an arm: settings keyed by its algorithm, then by the arm, then the arm's sync."""
         algo, sync = parse_arm(arm)
-        values = {**self.settings.get(algo, {}), **self.settings.get(arm, {})}
+        preset = zoo.algo_preset(algo, self.env)[0] if self.preset == "auto" else {}
+        values = {**preset, **self.settings.get(algo, {}), **self.settings.get(arm, {})}
         if sync is not None:
             if "sync" in values and values["sync"] != sync:
                 raise InputError("settings", f"sync {values['sync']!r} contradicts the arm {arm!r}",
@@ -150,11 +154,22 @@ class SweepSpec:
             values["sync"] = sync
         return config.build(config.ALGORITHMS[algo], values)
 
+    def arm_preset(self, arm: str) -> str:
+        """The zoo file an arm's settings come from: its preset, else the env's measurement settings, else none."""
+        label = zoo.algo_preset(parse_arm(arm)[0], self.env)[1]
+        if label == "none" and zoo.env_settings(self.env):
+            label = str(zoo.zoo_dir() / zoo.ENVS_FILE)
+        return label
+
     def run_config(self, workers: int, seed: int, run_dir: Path) -> config.RunConfig:
+        # the env's measurement settings from the zoo: the same schedule for every arm
+        measurement = zoo.env_settings(self.env) if self.preset == "auto" else {}
+        if self.target_return is not None:
+            measurement["target_return"] = self.target_return
         try:
             return config.RunConfig(env=self.env, seed=seed, backend=self.backend, address=self.address,
-                                    device=self.device, workers=workers, target_return=self.target_return,
-                                    max_seconds=float(self.max_seconds), run_dir=str(run_dir))
+                                    device=self.device, workers=workers, max_seconds=float(self.max_seconds),
+                                    run_dir=str(run_dir), preset=self.preset, **measurement)
         except (TypeError, ValueError) as exc:
             raise InputError("sweep", f"bad setting: {exc}") from None
 
@@ -238,6 +253,8 @@ def sweep(spec: SweepSpec, out: str | Path, show_progress: bool = True) -> list[
         algo = parse_arm(arm)[0]
         run = spec.run_config(workers, seed, d)
         cfg = spec.arm_config(arm)
+        if spec.preset == "auto":  # config.json records the file the arm's settings came from
+            run = dataclasses.replace(run, preset=spec.arm_preset(arm))
         try:
             if algo == "es":
                 from esrl.train import train
