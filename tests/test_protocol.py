@@ -94,20 +94,47 @@ def test_first_hit_is_saved_and_confirmed_on_fresh_seeds(spy, tmp_path, algo):
     assert (tmp_path / algo / "threshold").is_dir()
 
 
-def test_confirmation_that_fails_is_reported():
-    run = tiny_run("unused", target_return=100.0)
+def test_a_hit_whose_confirmation_fails_does_not_solve_and_training_goes_on():
+    run = tiny_run("unused", target_return=100.0, confirm_episodes=5)
     m = Measurement(run, 100.0, Counters(env_steps=50), time.perf_counter())
-    ev = m.evaluate(lambda seeds: (np.full(len(seeds), 120.0), np.full(len(seeds), 120)))
-    assert ev.hit and ev.first and m.solved
+    eval_seeds = set(protocol.eval_seeds(run.seed, 0, run.eval_episodes)) | set(
+        protocol.eval_seeds(run.seed, 1, run.eval_episodes))
+    played = []
+
+    def play(confirm_return):  # evaluations score 120; confirmations score what the test says
+        def _play(seeds):
+            played.append(seeds)
+            value = 120.0 if set(seeds) <= eval_seeds else confirm_return
+            return np.full(len(seeds), value), np.full(len(seeds), 10)
+        return _play
+
+    ev = m.evaluate(play(80.0))
+    assert ev.hit and not ev.first and not m.solved
+    assert (m.counters.unconfirmed_hits, m.counters.confirmations, m.counters.confirmed_return) == (1, 1, None)
     assert m.counters.next_eval_step == run.eval_every_steps
+    assert np.array_equal(played[1], protocol.confirm_seeds(run.seed, 5, 0))
+    m.counters.env_steps = 70
+    ev = m.evaluate(play(101.0))
+    assert ev.hit and ev.first and m.solved
+    assert np.array_equal(played[3], protocol.confirm_seeds(run.seed, 5, 1))  # a fresh set per confirmation
+    assert not set(played[3]) & set(played[1])
     m.stop_clock()
-    m.confirm(lambda seeds: (np.full(len(seeds), 80.0), np.full(len(seeds), 80)))
     no_traffic = type("T", (), {"sent": {"x": 10}, "received": {"y": 6}, "messages": 3, "startup": 4})()
     s = m.summary(no_traffic, "pipe")
-    assert s["solved"] is True and s["confirmed"] is False and s["confirmed_return"] == 80.0
-    assert s["threshold_return"] == 120.0 and s["env_steps_to_threshold"] == 50
+    assert s["solved"] is True and s["confirmed"] is True and s["confirmed_return"] == 101.0
+    assert s["unconfirmed_hits"] == 1 and s["first_hit_s"] <= s["time_to_threshold_s"]
+    assert s["threshold_return"] == 120.0 and s["env_steps_to_threshold"] == 70
+    assert s["eval_episodes"] == 2 * run.eval_episodes  # confirmations are not evaluations of the run
     assert (s["bytes_total"], s["bytes_startup"], s["messages_total"]) == (16, 4, 3)
-    assert s["bytes_per_env_step"] == (16 - 4) / 50 and s["transport"] == "pipe"
+    assert s["bytes_per_env_step"] == (16 - 4) / 70 and s["transport"] == "pipe"
+
+
+def test_without_confirmation_the_first_hit_solves():
+    run = tiny_run("unused", target_return=100.0, confirm_episodes=0)
+    m = Measurement(run, 100.0, Counters(env_steps=50), time.perf_counter())
+    ev = m.evaluate(lambda seeds: (np.full(len(seeds), 120.0), np.full(len(seeds), 10)))
+    assert ev.first and m.solved and m.counters.confirmations == 0
+    assert m.summary(type("T", (), {"sent": {}, "received": {}, "messages": 0})(), "pipe")["confirmed"] is None
 
 
 def test_counters_survive_a_resume_with_traffic_folded_in():

@@ -50,7 +50,7 @@ class RunConfig:
                                "the timed run (0 = no confirmation)")
     checkpoint_every: int = _f(10, "write a checkpoint every this many iterations (and at the end)")
     verify_every: int = _f(10, "compare worker replicas' parameter hashes every this many iterations")
-    stop_on_solve: bool = _f(True, "stop at the first evaluation at or above the target")
+    stop_on_solve: bool = _f(True, "stop at the solve: the first evaluation at or above the target whose confirmation holds")
     run_dir: str = _f("", "run directory (default: runs/<algo>-<env>-s<seed>)")
     max_episode_steps: int = _f(0, "cap every training and evaluation episode at this many steps (0 = the env's limit)")
     episodic_life: bool = _f(False, "Atari: a lost life ends the training episode (evaluation plays whole games)")

@@ -11,9 +11,13 @@ One schedule, one clock, one set of counters, one confirmation (docs/architectur
   wall time (start-up included) until the state that first reached the target; `eval_s`
   says what the evaluations cost on top. Evaluation steps and episodes are counted apart
   (`eval_env_steps`, `eval_episodes`), never in `env_steps` / `episodes`.
-- A solve is confirmed: the parameters that first reached the target are played again on
-  `confirm_episodes` fresh seeds after the timed run; `confirmed` is whether that mean
-  reaches the target too.
+- A solve is confirmed: an evaluation at or above the target is played again at once, off the
+  clock, on `confirm_episodes` fresh seeds (confirmation k: its own seeds, the same for every
+  algorithm). The run is solved at the first evaluation whose confirmation also reaches the
+  target; a hit that fails it is counted (`unconfirmed_hits`) and training goes on. A mean of a
+  few noisy episodes crosses the target by chance before the policy does, and a rule that
+  stopped there would time luck; `first_hit_s` keeps the training time of the first hit of any
+  kind, so both readings stay visible.
 """
 
 from __future__ import annotations
@@ -52,6 +56,9 @@ class Counters:
     best_eval_return: float | None = None
     last_eval_return: float | None = None
     confirmed_return: float | None = None
+    confirmations: int = 0  # confirmations played (one per evaluation that reached the target unsolved)
+    unconfirmed_hits: int = 0  # evaluations at or above the target whose confirmation fell short
+    first_hit_s: float | None = None  # training seconds at the first evaluation at or above the target
     bytes_total: int = 0  # traffic of earlier sessions of a resumed run (this one's is added at the end)
     bytes_startup: int = 0
     messages_total: int = 0
@@ -79,9 +86,9 @@ def eval_seeds(seed: int, evaluation: int, episodes: int) -> np.ndarray:
     return seeding.rng(seed, "eval_seeds", evaluation).integers(0, 2**31 - 1, size=episodes)
 
 
-def confirm_seeds(seed: int, episodes: int) -> np.ndarray:
-    """Fresh reset seeds for the confirmation (a stream no evaluation draws from)."""
-    return seeding.rng(seed, "confirm_seeds").integers(0, 2**31 - 1, size=episodes)
+def confirm_seeds(seed: int, episodes: int, attempt: int = 0) -> np.ndarray:
+    """Fresh reset seeds of confirmation `attempt` (streams no evaluation draws from)."""
+    return seeding.rng(seed, "confirm_seeds", *((attempt,) if attempt else ())).integers(0, 2**31 - 1, size=episodes)
 
 
 def play_episodes(spec: envs.EnvSpec, act: Callable[[np.ndarray], np.ndarray], seeds: np.ndarray
@@ -119,7 +126,7 @@ class Evaluation:
 
     mean: float
     hit: bool  # at or above the target
-    first: bool  # the first hit of the run: its parameters are the ones to confirm
+    first: bool  # the run's solve: the first hit that its confirmation (when there is one) upheld
     best: bool = False  # the highest mean so far: its parameters are kept in RUN/best/
 
 
@@ -171,10 +178,32 @@ class Measurement:
         hit = self.target is not None and math.isfinite(mean) and mean >= self.target
         first = hit and not self.solved
         if first:
-            c.time_to_threshold_s = clock
-            c.env_steps_to_threshold, c.episodes_to_threshold = c.env_steps, c.episodes
-            c.threshold_return = mean
+            if c.first_hit_s is None:
+                c.first_hit_s = clock
+            first = self._confirm_now(play)
+            if first:
+                c.time_to_threshold_s = clock
+                c.env_steps_to_threshold, c.episodes_to_threshold = c.env_steps, c.episodes
+                c.threshold_return = mean
+            else:
+                c.unconfirmed_hits += 1
         return Evaluation(mean, hit, first, best)
+
+    def _confirm_now(self, play: Play) -> bool:
+        """Confirm a hit on fresh seeds, off the clock; True when it holds (or the run confirms nothing)."""
+        c, run = self.counters, self.run
+        if run.confirm_episodes == 0:
+            return True
+        t0 = time.perf_counter()
+        returns, _ = play(confirm_seeds(run.seed, run.confirm_episodes, c.confirmations))
+        c.eval_s += time.perf_counter() - t0
+        c.confirmations += 1
+        mean = float(np.mean(returns))
+        assert self.target is not None
+        if math.isfinite(mean) and mean >= self.target:
+            c.confirmed_return = mean
+            return True
+        return False
 
     def off_clock(self, work: Callable[[], Any]) -> None:
         """Run an evaluation's own bookkeeping (saving the best parameters) and count it as evaluation time:
@@ -184,7 +213,9 @@ class Measurement:
         self.counters.eval_s += time.perf_counter() - t0
 
     def confirm(self, play: Play) -> float | None:
-        """Play the threshold parameters on fresh seeds (outside the timed run); their mean return."""
+        """Play the threshold parameters on fresh seeds (outside the timed run); their mean return.
+
+        Only a run resumed from a checkpoint of before confirmations were played at the hit needs it."""
         if self.run.confirm_episodes == 0:
             return None
         returns, _ = play(confirm_seeds(self.run.seed, self.run.confirm_episodes))
@@ -211,6 +242,8 @@ class Measurement:
             "confirmed_return": c.confirmed_return,
             "confirm_episodes": self.run.confirm_episodes if self.solved else 0,
             "threshold_return": c.threshold_return,
+            "first_hit_s": c.first_hit_s,
+            "unconfirmed_hits": c.unconfirmed_hits,
             "time_to_threshold_s": c.time_to_threshold_s,
             "env_steps_to_threshold": c.env_steps_to_threshold,
             "episodes_to_threshold": c.episodes_to_threshold,

@@ -125,7 +125,7 @@ def train(run: RunConfig, cfg: ESConfig, overwrite: bool = False, resume: bool =
                     save_checkpoint(rd.path / "threshold")
                 if ev is not None and ev.best:
                     m.off_clock(partial(save_checkpoint, rd.path / "best"))
-                if ev is not None and ev.hit and run.stop_on_solve:
+                if ev is not None and ev.first and run.stop_on_solve:
                     last = {"iteration": t, "wall_s": m.elapsed(), "training_s": m.training_s(),
                             "env_steps": counters.env_steps, "episodes": counters.episodes,
                             "eval_env_steps": counters.eval_env_steps, "eval_episodes": counters.eval_episodes,

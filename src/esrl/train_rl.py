@@ -203,7 +203,7 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
                             save_checkpoint(snap, iteration, rd.path / "threshold")
                         if ev.best:
                             m.off_clock(partial(save_checkpoint, snap, iteration, rd.path / "best"))
-                        if not (ev.hit and run.stop_on_solve):
+                        if not (ev.first and run.stop_on_solve):
                             pool.resume()
                     traffic = pool.traffic.since(before)
                     last = _metrics_line(iteration, m, wall, interval, ev, pool, traffic, updates)
@@ -215,7 +215,7 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
                     if iteration % run.checkpoint_every == 0:
                         save_checkpoint(store.snapshot(), iteration)
                     interval, it_start, before = Report(), time.perf_counter(), pool.traffic.snapshot()
-                    if ev is not None and ev.hit and run.stop_on_solve:
+                    if ev is not None and ev.first and run.stop_on_solve:
                         stop_reason = "solved"
                         break
                     if not keep_going:  # a callback asked to stop: the final checkpoint follows, as for a budget

@@ -220,6 +220,7 @@ def build(arms: list[str], workers: list[int], records: list[Any], rows: list[di
                            "model": mc.get("text", "the model has no fit for one of the two arms")})
     ok = [r for r in records if r.status == "ok"]
     unconfirmed = sum(r.solved_eval and r.summary.get("confirmed") is False for r in ok)
+    failed_hits = sum(int(r.summary.get("unconfirmed_hits") or 0) for r in ok)
     no_record = sum(r.solved_eval and "confirmed" not in r.summary for r in ok)
     seeds = min((e["arms"][a]["runs"] for e in entries for a in arms if e["arms"][a]["runs"]), default=0)
     lines = [e["text"] for e in entries]
@@ -231,6 +232,8 @@ def build(arms: list[str], workers: list[int], records: list[Any], rows: list[di
     if target is None:
         how.append("The sweep has no target return: nothing can count as solved.")
     how.append("A run counts as solved only when its solve was confirmed on fresh episodes"
+               + (f"; {failed_hits} evaluation(s) reached the target and failed their confirmation, and those "
+                  "runs trained on" if failed_hits else "")
                + (f"; {unconfirmed} run(s) reached the target in evaluation but failed confirmation" if unconfirmed
                   else "")
                + (f"; {no_record} run(s) reached it but carry no confirmation (written before confirmation "
