@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-slow lint bench bench-device device-dry-run device-bundle clean
+.PHONY: install demo test test-slow lint bench bench-device device-dry-run device-bundle zoo zoo-dry-run clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@# headless rendering of MuJoCo videos (esrl evaluate --video) uses Mesa's EGL; install it where missing
@@ -43,6 +43,17 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/es_throughput.py
 	$(BIN)/python benchmarks/time_to_solve.py --algos es,a3c,dqn
 	$(BIN)/python benchmarks/rl_throughput.py
+
+# The measured zoo table (docs/zoo.md): many hours. One file per env class; a slice run again
+# skips the runs its file holds (resumable). ZOO_CLASSES=box2d make zoo runs one class.
+ZOO_CLASSES ?= classic box2d mujoco atari
+zoo: $(STAMP)
+	status=0; for c in $(ZOO_CLASSES); do \
+		$(BIN)/python benchmarks/zoo.py --class $$c --out benchmarks/results/zoo-$$c.jsonl || status=1; done; \
+	$(BIN)/python benchmarks/zoo.py render benchmarks/results/zoo-*.jsonl --doc docs/zoo.md; exit $$status
+
+zoo-dry-run: $(STAMP)
+	rm -rf runs/zoo-dry && $(BIN)/python benchmarks/zoo.py --dry-run --out runs/zoo-dry/zoo.jsonl --runs-dir runs/zoo-dry
 
 # The accelerator machine's suite (benchmarks/device_suite.py): under 8 minutes, every part capped at 3.
 # There it runs on the machine's own python3 and torch, with the wheels of `make device-bundle`:

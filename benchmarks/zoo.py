@@ -243,7 +243,7 @@ def _append(path: Path, record: dict[str, Any]) -> None:
 SUMMARY_KEYS = ("target_return", "solved", "confirmed", "confirmed_return", "confirm_episodes", "threshold_return",
                 "time_to_threshold_s", "env_steps_to_threshold", "episodes_to_threshold", "env_steps", "episodes",
                 "best_eval_return", "final_eval_return", "evaluations", "eval_s", "training_s", "wall_s",
-                "stop_reason", "bytes_total", "bytes_per_env_step", "transport")
+                "stop_reason", "bytes_total", "bytes_per_env_step", "transport", "unconfirmed_hits", "first_hit_s")
 
 
 def build_command(row: Row, seed: int, budget_s: float, workers: int, run_dir: Path, dry_run: bool
@@ -528,6 +528,9 @@ def render_table(lines: list[dict[str, Any]], rows: list[Row] | None = None) -> 
         notes = []
         if reached > len(confirmed):
             notes.append(f"{reached - len(confirmed)} more reached the target but failed the confirmation")
+        never = sum(not r.get("solved") and (r.get("unconfirmed_hits") or 0) > 0 for r in ok)
+        if never:  # confirmed at the hit: these reached the target in evaluation, and no confirmation held
+            notes.append(f"{never} more reached the target in evaluation but failed every confirmation")
         if failed:
             notes.append(f"{failed} crashed or timed out")
         if missing:
