@@ -88,3 +88,16 @@ def test_obs_stats_merge_in_member_order():
     res = es.Results(np.arange(4.0), np.ones(4, np.int64), obs)
     up, _ = es.make_update(dataclasses.replace(cfg), 0, res, 500)
     assert up.obs_count == 3 and up.obs_sum is not None and up.obs_sum[0] == 3.0
+
+
+def test_greedy_act_on_a_batch_is_bit_identical_to_acting_row_by_row():
+    """Evaluation acts on every live env at once: no action may depend on how many share the batch."""
+    for env_id, hidden in (("Pendulum-v1", (64, 64)), ("CartPole-v1", (16,)), ("Acrobot-v1", (32, 32))):
+        spec = envs.spec_of(env_id)
+        rep = es.ESSetup(tiny_es(hidden=hidden), spec, seed=2).build()
+        rep.theta = rep.theta + np.random.default_rng(0).standard_normal(rep.dim).astype(np.float32)
+        act = rep.greedy_act()
+        obs = np.random.default_rng(1).standard_normal((29, spec.obs_dim)).astype(np.float32)
+        one_by_one = np.concatenate([act(obs[i : i + 1]) for i in range(len(obs))])
+        assert np.array_equal(act(obs), one_by_one), env_id
+        assert np.array_equal(act(obs[3:11]), one_by_one[3:11]), env_id

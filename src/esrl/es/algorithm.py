@@ -126,7 +126,9 @@ class ESReplica:
     def greedy_act(self) -> Any:
         """The noiseless policy of the current state, for `protocol.play_episodes`: flat obs (B, size) -> B actions.
 
-        Rows are acted one by one, so an action never depends on how many envs share the batch.
+        An action never depends on how many envs share the batch: the MLP's stacked matmul computes
+        each row on its own (tests/test_es_update.py checks batch == row by row, bit for bit), and
+        the CNN's frames are acted one by one, since a batched convolution may sum in another order.
         """
         pol, spec = self.policy, self.setup.spec
         mean, inv_std = self.normalizer()
@@ -134,6 +136,8 @@ class ESReplica:
 
         def act(obs: np.ndarray) -> np.ndarray:
             x = pol.preprocess(obs.reshape(len(obs), *spec.obs_shape) if spec.image else obs)
+            if not spec.image:
+                return pol.to_actions(pol.forward(prepared, x, mean, inv_std))
             return np.concatenate([pol.to_actions(pol.forward(prepared, x[i : i + 1], mean, inv_std))
                                    for i in range(len(x))])
 
