@@ -69,6 +69,7 @@ ARMS = ESRL_ARMS + tuple(f"sb3-{a}" for a in SB3_ALGOS)
 # --dry-run: a fast smoke run of the whole path (numbers meaningless; rendered as "dry run")
 DRY: dict[str, Any] = {"seconds": 3.0, "seeds": 1, "rows": 2, "eval_episodes": 2, "confirm_episodes": 3}
 BEGIN, END = "<!-- generated:zoo -->", "<!-- /generated:zoo -->"
+SPACES_BEGIN, SPACES_END = "<!-- generated:tune_spaces -->", "<!-- /generated:tune_spaces -->"
 
 
 def env_class(env_id: str) -> str:
@@ -586,6 +587,13 @@ def cmd_render(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: {doc} has no {BEGIN} ... {END} block")
     table = render_table(read_lines(args.inputs))
     text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: f"{BEGIN}\n{table}{END}", text, flags=re.S)
+    if SPACES_BEGIN in text and SPACES_END in text:  # esrl tune's ranges, from the table in esrl.tune_space
+        from esrl.tune_space import SPACES, markdown
+
+        names = {"es": "OpenAI-ES", "a3c": "A3C", "dqn": "Parallel DQN", "dynaq": "Parallel Dyna-Q"}
+        spaces = "\n".join(f"**{names.get(algo, algo)}**\n\n{markdown(algo)}" for algo in SPACES)
+        text = re.sub(re.escape(SPACES_BEGIN) + ".*?" + re.escape(SPACES_END),
+                      lambda _: f"{SPACES_BEGIN}\n{spaces}\n{SPACES_END}", text, flags=re.S)
     doc.write_text(text)
     return 0
 

@@ -1,4 +1,4 @@
-"""The `esrl` command: train, resume, evaluate (sweep and report come with the scaling study)."""
+"""The `esrl` command: train, resume, evaluate, export, tune (sweep and report come with the scaling study)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,19 @@ from typing import Any, NoReturn
 
 from esrl import config, zoo
 from esrl.errors import InputError
+from esrl.tune import TuneSpec  # its settings are the options of `esrl tune`; optuna is imported by a tune only
 
 # settings a resumed run may change: budgets and where it runs, never the algorithm's maths
 RUN_ONLY_OVERRIDES = ("backend", "workers", "max_seconds", "max_iterations", "max_env_steps", "checkpoint_every",
                       "verify_every", "eval_every_steps", "confirm_episodes", "stop_on_solve", "tensorboard")
+
+
+TUNE_DESCRIPTION = (
+    "Search ALGO's settings on --env with Optuna (TPE, median pruning), each trial an ordinary run in "
+    "OUT/trials/NNNN over the env's zoo preset. Score, maximized: a confirmed solve scores "
+    "1 + (1 - time_to_threshold / budget); any other run its progress (best evaluation - evaluation 0) / "
+    "(target - evaluation 0), clipped to [-1, 1]. The study is kept in SQLite under OUT: the same command "
+    "continues it. OUT/best.toml is the best trial as a preset for configs/zoo/ALGO/ENV.toml.")
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -74,6 +83,12 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--config", help="YAML/TOML file: the options above plus `settings: {algo or arm: {key: value}}`")
     sw.add_argument("--out", required=True, help="sweep directory")
     sw.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    tu = sub.add_parser("tune", help="search an algorithm's settings on an env with Optuna; OUT/best.toml is a "
+                        "preset for configs/zoo/", description=TUNE_DESCRIPTION)
+    tu.add_argument("algo", metavar="ALGO", help=f"algorithm: {', '.join(config.ALGORITHMS)}")
+    tu.add_argument("--quiet", action="store_true", help="no line per trial")
+    config.add_arguments(tu, TuneSpec)
 
     rp = sub.add_parser("report", help="write report.md (verdict first), report.html, report.json and plots")
     rp.add_argument("sweep_dir", help="sweep directory")
@@ -187,6 +202,20 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune(args: argparse.Namespace) -> int:
+    from esrl.tune import tune  # imports optuna: only `esrl tune` needs it
+
+    spec = config.build(TuneSpec, _given(args, TuneSpec))
+    try:
+        result = tune(args.algo, spec, quiet=args.quiet)
+    except KeyboardInterrupt:
+        print("esrl: interrupted; the same esrl tune command continues the study, the cut trial first",
+              file=sys.stderr)
+        return 130
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from esrl.experiments.report import report
 
@@ -242,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
             return _report(args)
         if args.command == "export":
             return _export(args)
+        if args.command == "tune":
+            return _tune(args)
         return _evaluate(args)
     except InputError as exc:
         print(f"esrl: error: {exc}", file=sys.stderr)
