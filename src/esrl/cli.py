@@ -71,8 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--env", help="Gymnasium id [default: CartPole-v1]")
     sw.add_argument("--workers", help="comma-separated worker counts [default: 1,2]")
     sw.add_argument("--seeds", type=int, help="seeds 0..N-1 per combination; 5 or more give 95%% CIs [default: 3]")
-    sw.add_argument("--backend", choices=["serial", "processes", "ray", "vectorized"],
-                    help="[default: processes] (vectorized: ES only; ray: RL arms need param-server)")
+    sw.add_argument("--backend", choices=["serial", "processes", "ray", "vectorized", "simulated"],
+                    help="[default: processes] (vectorized: ES only; ray: RL arms need param-server; simulated: "
+                    "N logical workers on a virtual clock, the options below)")
     sw.add_argument("--address", help="ray: cluster to join ('auto' or host:port) [default: a local instance]")
     sw.add_argument("--device", choices=["cpu", "cuda", "auto"],
                     help="vectorized backend and the RL device arrangements [default: auto]")
@@ -81,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--preset", choices=["auto", "none"], help="auto: each arm's zoo preset for the env "
                     "(configs/zoo/), beneath --config's settings; none: the defaults [default: auto]")
     sw.add_argument("--config", help="YAML/TOML file: the options above plus `settings: {algo or arm: {key: value}}`")
+    _add_sim_options(sw)
     sw.add_argument("--out", required=True, help="sweep directory")
     sw.add_argument("--quiet", action="store_true", help="no progress lines")
 
@@ -110,6 +112,16 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--checkpoint", default="latest", help=checkpoint_help)
     ex.add_argument("--out", metavar="FILE", help="output .pt file [default: RUN/policy-CHECKPOINT.pt]")
     return p
+
+
+def _add_sim_options(parser: argparse.ArgumentParser) -> None:
+    """The simulated backend's RunConfig options, for a sweep (dest sim_NAME, collected into SweepSpec.sim)."""
+    probe = _OneLineParser(add_help=False)
+    config.add_arguments(probe, config.RunConfig)
+    group = parser.add_argument_group("simulated backend")
+    for action in probe._actions:
+        if action.dest in config.SIMULATED_FIELDS:
+            group._add_action(action)
 
 
 def _add_overrides(parser: argparse.ArgumentParser) -> None:
@@ -156,11 +168,15 @@ def _train(args: argparse.Namespace) -> int:
     values = config.load_file(args.config) if args.config else {}
     values.update(_given(args, config.RunConfig, algo_cls))
     values, preset = zoo.resolve(args.algo, values, from_config_file=bool(args.config))
-    if preset != "none" and not args.quiet:
-        print(f"esrl: settings from the zoo: {preset} (--preset none: without)", file=sys.stderr)
     run_vals, algo_vals = config.split_settings(values, algo_cls)
     run = config.build(config.RunConfig, run_vals)
     cfg = config.build(algo_cls, algo_vals)
+    if preset != "none" and not args.quiet:
+        # bad input is refused first, in one line, as train() would refuse it
+        cfg.validate()
+        config.check_combination(args.algo, run, cfg)
+        run.validate()
+        print(f"esrl: settings from the zoo: {preset} (--preset none: without)", file=sys.stderr)
     print(json.dumps(_run(args.algo, run, cfg, args.overwrite, False, args.quiet), indent=2))
     return 0
 
@@ -191,6 +207,9 @@ def _sweep(args: argparse.Namespace) -> int:
             values["workers"] = [int(w) for w in values["workers"].split(",")]
         except ValueError:
             raise InputError("workers", f"not a list of integers: {values['workers']!r}") from None
+    sim = {k: v for k, v in vars(args).items() if k in config.SIMULATED_FIELDS}
+    if sim:
+        values["sim"] = {**values.get("sim", {}), **sim}
     values.setdefault("algos", ["es", "a3c"])
     known = {f.name for f in dataclasses.fields(SweepSpec)}
     for key in values:

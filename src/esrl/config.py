@@ -32,8 +32,10 @@ class RunConfig:
 
     env: str = _f("CartPole-v1", "Gymnasium environment id")
     seed: int = _f(0, "run seed; every random stream derives from it")
-    backend: str = _f("processes", "where the work runs (vectorized: ES only)",
-                      ("serial", "processes", "vectorized", "ray"))
+    backend: str = _f("processes", "where the work runs (vectorized: ES only; simulated: N logical workers on a "
+                      "virtual clock, every time in virtual seconds, budgets included; its RL sync auto is "
+                      "param-server)",
+                      ("serial", "processes", "vectorized", "ray", "simulated"))
     address: str = _f("", "ray: cluster to join ('auto': Ray's discovery; host:port: must answer within 10 s); "
                       "empty starts a local instance listening on 127.0.0.1 only")
     device: str = _f("auto", "torch device of the vectorized backend, and of A3C's and DQN's device arrangements "
@@ -58,6 +60,21 @@ class RunConfig:
                      "settings in envs.toml, when they exist and no --config is given), none, or a preset file; "
                      "config.json records which file was used")
     tensorboard: bool = _f(True, "also write each metrics line as TensorBoard scalars under RUN/tb/ (step: env steps)")
+    # --- the simulated backend (docs/architecture.md, "The simulated cluster"); refused with any other backend
+    bandwidth_gbit: float = _f(10.0, "simulated: bandwidth of every node's link to the hub, each direction, Gbit/s")
+    latency_us: float = _f(50.0, "simulated: one-way latency of every message, microseconds")
+    broadcast: str = _f("tree", "simulated ES: how the per-iteration broadcast reaches the workers (hub: the "
+                        "coordinator sends every copy; tree: workers relay it, --fanout children each)",
+                        ("hub", "tree"))
+    fanout: int = _f(4, "simulated ES: children of each node of the broadcast tree")
+    worker_speed: float = _f(1.0, "simulated: compute speed of every worker relative to this machine (2: twice as fast)")
+    straggler_prob: float = _f(0.0, "simulated: chance that a task or update straggles (seeded per worker)")
+    straggler_slowdown: float = _f(4.0, "simulated: a straggling task or update takes this many times as long")
+    failure_prob: float = _f(0.0, "simulated: chance that a worker dies during a task or update (seeded per worker); "
+                             "its work is lost and a replacement starts after --restart-s")
+    restart_s: float = _f(1.0, "simulated: virtual seconds before a dead worker's replacement starts")
+    sim_costs: str = _f("", "simulated: a JSON file of fixed costs (a run's config.json or its resolved.cost_model) "
+                        "used instead of calibrating on this machine, so a run repeats bit for bit anywhere")
 
     def env_spec(self) -> Any:
         """The EnvSpec of this run's env: its options, and the episode cap when one is set."""
@@ -79,8 +96,8 @@ class RunConfig:
                     or (self.max_env_steps and env_steps >= self.max_env_steps))
 
     def validate(self) -> None:
-        _check(self.backend in ("serial", "processes", "vectorized", "ray"), "backend",
-               f"unknown backend {self.backend!r}", "serial, processes, vectorized, ray")
+        _check(self.backend in ("serial", "processes", "vectorized", "ray", "simulated"), "backend",
+               f"unknown backend {self.backend!r}", "serial, processes, vectorized, ray, simulated")
         _check(self.device in ("cpu", "cuda", "auto"), "device", f"unknown device {self.device!r}", "cpu, cuda, auto")
         if self.device == "cuda":
             import torch
@@ -97,6 +114,31 @@ class RunConfig:
         _check(self.confirm_episodes >= 0, "confirm_episodes", f"must be >= 0, got {self.confirm_episodes}")
         for name in ("eval_every_steps", "checkpoint_every", "verify_every"):
             _check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        self._validate_simulated()
+
+    def _validate_simulated(self) -> None:
+        if self.backend != "simulated":  # a network or worker option elsewhere would silently do nothing
+            for name in SIMULATED_FIELDS:
+                _check(getattr(self, name) == _DEFAULTS[name], name, "applies to the simulated backend only",
+                       "--backend simulated, or leave it unset")
+            return
+        _check(1 <= self.workers <= MAX_SIMULATED_WORKERS or self.workers == 0, "workers",
+               f"must be in [1, {MAX_SIMULATED_WORKERS}] on the simulated backend, got {self.workers}")
+        _check(self.bandwidth_gbit > 0, "bandwidth_gbit", f"must be > 0, got {self.bandwidth_gbit}")
+        _check(self.latency_us >= 0, "latency_us", f"must be >= 0, got {self.latency_us}")
+        _check(self.broadcast in ("hub", "tree"), "broadcast", f"unknown {self.broadcast!r}", "hub, tree")
+        _check(self.fanout >= 1, "fanout", f"must be >= 1, got {self.fanout}")
+        _check(self.worker_speed > 0, "worker_speed", f"must be > 0, got {self.worker_speed}")
+        _check(0 <= self.straggler_prob <= 1, "straggler_prob", f"must be in [0, 1], got {self.straggler_prob}")
+        _check(self.straggler_slowdown >= 1, "straggler_slowdown", f"must be >= 1, got {self.straggler_slowdown}")
+        _check(0 <= self.failure_prob <= 0.5, "failure_prob", f"must be in [0, 0.5], got {self.failure_prob}")
+        _check(self.restart_s >= 0, "restart_s", f"must be >= 0, got {self.restart_s}")
+
+
+SIMULATED_FIELDS = ("bandwidth_gbit", "latency_us", "broadcast", "fanout", "worker_speed", "straggler_prob",
+                    "straggler_slowdown", "failure_prob", "restart_s", "sim_costs")
+MAX_SIMULATED_WORKERS = 4096
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunConfig)}
 
 
 @dataclass
@@ -293,10 +335,11 @@ DEVICE_SYNC = {"a3c": "ga3c", "dqn": "device"}  # each algorithm's device arrang
 
 
 def resolve_sync(backend: str, sync: str) -> str:
-    """`auto`: hogwild where the workers share one machine's memory (processes, serial), param-server on Ray."""
+    """`auto`: hogwild where the workers share one machine's memory (processes, serial), param-server on Ray and
+    on the simulated cluster."""
     if sync != "auto":
         return sync
-    return "param-server" if backend == "ray" else "hogwild"
+    return "param-server" if backend in ("ray", "simulated") else "hogwild"
 
 
 def resolve_rl(algo: str, run: RunConfig, cfg: Any, spec: Any = None) -> Any:
@@ -331,9 +374,11 @@ def check_combination(algo: str, run: RunConfig, cfg: Any, obs_onehot: bool = Fa
                f"the vectorized backend does not run Atari envs ({run.env}): ale-py's own vector env preprocesses "
                "differently", "processes, serial, ray")
     if algo != "es":
-        _check(run.backend in ("serial", "processes", "ray"), "backend", f"{algo} has no {run.backend} backend yet",
-               "serial, processes, ray")
+        _check(run.backend in ("serial", "processes", "ray", "simulated"), "backend",
+               f"{algo} has no {run.backend} backend yet", "serial, processes, ray, simulated")
         sync = resolve_sync(run.backend, cfg.sync)
+        _check(run.backend != "simulated" or sync not in DEVICE_SYNC.values(), "sync",
+               f"the simulated backend runs CPU workers, not the {sync} arrangement", "hogwild, lock, param-server")
         # shared memory does not span nodes: on Ray the parameters live in parameter-server actors
         _check(run.backend != "ray" or sync == "param-server", "sync",
                f"{sync} keeps the model on one machine; the ray backend needs param-server", "param-server")

@@ -60,13 +60,13 @@ def train(run: RunConfig, cfg: ESConfig, overwrite: bool = False, resume: bool =
     if not resume:
         RunDir.check_new(run_dir_path, overwrite)
     # the backend starts (or joins Ray) before anything on disk changes: a bad address loses no run
-    backend: Backend
+    backend: Backend | None = None
     if run.backend == "ray":
         from esrl.backends.ray_backend import RayBackend
 
         ray_backend = RayBackend(run.workers, address=run.address or None)
         backend, workers = ray_backend, ray_backend.n  # workers 0: one actor per CPU of the cluster
-    else:
+    elif run.backend != "simulated":  # the simulated backend is priced on the coordinator's replica, below
         backend = make_backend("serial" if run.backend == "vectorized" else run.backend, workers)
     if resume:
         rd = RunDir.open(run_dir_path)
@@ -78,20 +78,31 @@ def train(run: RunConfig, cfg: ESConfig, overwrite: bool = False, resume: bool =
             counters = Counters.from_checkpoint(manifest)
             master.set_state(state)
         rd.truncate_metrics(master.iteration)
+        costs = _costs(run, master, spec, run_dir_path, resume)
     else:
         master = setup.build()  # the noise table is built before workers fork: they share it
+        costs = _costs(run, master, spec, run_dir_path, resume)  # a bad --sim-costs file is refused before the run dir
         try:
             rd = RunDir.create(run_dir_path, overwrite)
         except BaseException:
-            backend.close()
+            if backend is not None:
+                backend.close()
             raise
     run = dataclasses.replace(run, run_dir=str(rd.path))
+    resolved: dict[str, Any] = {"target_return": target, "workers": workers, "num_params": master.dim,
+                                "noise_table_size": master.table_size}
+    m: Measurement
+    now: Callable[[], float] = time.perf_counter
+    if backend is None:  # simulated: every time in virtual seconds, from a cost model fixed from here on
+        assert costs is not None
+        backend, m, now = _simulated(run, costs, workers, counters, target)
+        resolved.update(clock="virtual", cost_model=costs.to_dict())
+    else:
+        m = Measurement(run, target, counters, t_start)
     sinks.attach(rd, run, callbacks)
-    write_config(rd, ALGORITHM, run, cfg, {"target_return": target, "workers": workers, "num_params": master.dim,
-                                           "noise_table_size": master.table_size})
+    write_config(rd, ALGORITHM, run, cfg, resolved)
 
     progress = Progress(show_progress)
-    m = Measurement(run, target, counters, t_start)
 
     def save_checkpoint(directory: Any = None, state: dict[str, Any] | None = None) -> None:
         st = master.get_state() if state is None else state
@@ -133,7 +144,7 @@ def train(run: RunConfig, cfg: ESConfig, overwrite: bool = False, resume: bool =
                     rd.append_metrics(last)
                     stop_reason = "solved"
                     break
-                last = _iteration(t, ev, master, backend, cfg, run, spec, workers, m)
+                last = _iteration(t, ev, master, backend, cfg, run, spec, workers, m, now)
                 keep_going = rd.append_metrics(last)
                 progress.update(last, run.max_seconds, run.max_iterations)
                 if master.iteration % run.checkpoint_every == 0:
@@ -161,6 +172,7 @@ def train(run: RunConfig, cfg: ESConfig, overwrite: bool = False, resume: bool =
         "stop_reason": stop_reason,
         "iterations": master.iteration,
         **m.summary(backend.traffic, getattr(backend, "transport", run.backend)),
+        "clock": "virtual" if run.backend == "simulated" else "wall",
         "num_params": master.dim,
     }
     if run.backend == "vectorized":  # memory is bounded by chunking the population: the largest batch it held
@@ -172,10 +184,11 @@ def train(run: RunConfig, cfg: ESConfig, overwrite: bool = False, resume: bool =
 
 
 def _iteration(t: int, ev: protocol.Evaluation | None, master: es.ESReplica, backend: Backend, cfg: ESConfig,
-               run: RunConfig, spec: Any, workers: int, m: Measurement) -> dict[str, Any]:
-    """One generation: tasks out, scalars back, the shaped broadcast applied; its metrics line."""
+               run: RunConfig, spec: Any, workers: int, m: Measurement, now: Callable[[], float]) -> dict[str, Any]:
+    """One generation: tasks out, scalars back, the shaped broadcast applied; its metrics line (times from `now`:
+    the wall clock, or the simulated backend's virtual one)."""
     counters = m.counters
-    it_start = time.perf_counter()
+    it_start = now()
     before = backend.traffic.snapshot()
     work = es.tasks(t, cfg.population, workers, cfg.chunk, getattr(backend, "task_tail", 64))
     results = es.gather(backend.run(work), cfg.population)
@@ -189,7 +202,7 @@ def _iteration(t: int, ev: protocol.Evaluation | None, master: es.ESReplica, bac
     if master.iteration % run.verify_every == 0:
         backend.verify(master.digest())
     traffic = backend.traffic.since(before)
-    wall = time.perf_counter() - it_start
+    wall = now() - it_start
     finite = results.returns[np.isfinite(results.returns)]
     line = {
         "iteration": t,
@@ -221,6 +234,33 @@ def _iteration(t: int, ev: protocol.Evaluation | None, master: es.ESReplica, bac
     }
     backend.events.clear()
     return line
+
+
+def _costs(run: RunConfig, master: es.ESReplica, spec: Any, run_dir: str, resume: bool) -> Any:
+    """The simulated backend's cost model: measured on the coordinator's replica, or read (--sim-costs, a resumed
+    run's config.json); None for the other backends."""
+    if run.backend != "simulated":
+        return None
+    from esrl.sim import calibrate
+    from esrl.sim import costs as sim_costs
+
+    return sim_costs.resolve(run, run_dir, resume, lambda: calibrate.es_costs(master, spec, run.seed))
+
+
+def _simulated(run: RunConfig, costs: Any, workers: int, counters: Counters, target: float | None
+               ) -> tuple[Any, Measurement, Callable[[], float]]:
+    """The simulated backend, the measurement on its virtual clock, and that clock."""
+    from esrl.backends.simulated import SimulatedBackend
+    from esrl.sim import calibrate
+    from esrl.sim.clock import SimClock, VirtualMeasurement
+    from esrl.sim.faults import WorkerModel
+    from esrl.sim.network import NetSpec
+
+    clock = SimClock()
+    backend = SimulatedBackend(workers, clock, NetSpec.of(run), costs, calibrate.es_work(costs), WorkerModel.of(run),
+                               run.broadcast, run.fanout, calibrate.es_run_all)
+    m = VirtualMeasurement(run, target, counters, clock, calibrate.eval_step_s(costs, True, run.eval_episodes))
+    return backend, m, clock.now
 
 
 def _threshold_replica(setup: es.ESSetup, directory: Any, dim: int) -> es.ESReplica:

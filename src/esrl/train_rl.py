@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -83,6 +83,18 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
 
             workers = cluster_cpus()
     ctx = context()
+    simulated = run.backend == "simulated"
+    costs = None
+    if simulated:  # measured on a scratch setup, before the run's shared replay or world model exist
+        from esrl.sim import calibrate
+        from esrl.sim import costs as sim_costs
+
+        if not resume:  # refused before seconds of calibration
+            RunDir.check_new(run_dir_path, overwrite)
+
+        scratch = setup.attach(ctx, 1) if hasattr(setup, "attach") else setup
+        costs = sim_costs.resolve(run, run_dir_path, resume, lambda: calibrate.rl_costs(
+            scratch, optim_spec(cfg), spec, run.seed, cfg.envs_per_worker))
     if hasattr(setup, "attach") and arrangement is None:  # shared resources of the run: a global replay, a world model
         setup = setup.attach(ctx, workers)
     target = resolve_target(run, spec)
@@ -120,8 +132,11 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
     if obs_stat is not None and resume:  # workers go on from the run's statistics
         setup = dataclasses.replace(setup, obs_stat=obs_stat.copy())
     serial = run.backend == "serial"
-    write_config(rd, algo, run, cfg, {"target_return": target, "workers": workers, "num_params": int(params.numel()),
-                                      "sync": "serial" if serial else cfg.sync})
+    resolved: dict[str, Any] = {"target_return": target, "workers": workers, "num_params": int(params.numel()),
+                                "sync": "serial" if serial else cfg.sync, "clock": "virtual" if simulated else "wall"}
+    if costs is not None:
+        resolved["cost_model"] = costs.to_dict()
+    write_config(rd, algo, run, cfg, resolved)
 
     max_restarts = 3 * workers
     store: Any
@@ -129,6 +144,18 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
     if arrangement is not None:  # the model on a device, actors on the CPU: one object is pool and store
         store = pool = make_arrangement(arrangement, setup, params, optim_spec(cfg), workers, ctx,
                                        resolve_device(run.device))
+    elif simulated:
+        assert costs is not None
+        from esrl.backends.sim_pool import SimulatedPool
+        from esrl.sim.clock import SimClock
+        from esrl.sim.faults import WorkerModel
+        from esrl.sim.network import NetSpec
+        from esrl.stores.simulated import SimStore
+
+        clock = SimClock()
+        store = SimStore(params, optim_spec(cfg), cfg.sync, cfg.shards)
+        pool = SimulatedPool(setup, store, workers, clock, NetSpec.of(run), costs,
+                             calibrate.rl_work(costs, cfg.envs_per_worker), WorkerModel.of(run))
     elif serial:
         store = make_store("lock", params, optim_spec(cfg), ctx)
         pool = SerialPool(setup, store, workers)
@@ -141,7 +168,16 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
     if loaded is not None:
         store.load(*loaded)
     start_version = loaded[2] if loaded else 0
-    m = Measurement(run, target, counters, t_start)
+    m: Measurement
+    now: Callable[[], float] = time.perf_counter
+    if simulated:  # every time in virtual seconds: the cost model's, never the wall clock's
+        from esrl.sim.clock import VirtualMeasurement
+
+        assert costs is not None
+        m = VirtualMeasurement(run, target, counters, clock, calibrate.eval_step_s(costs, False, run.eval_episodes))
+        now = clock.now
+    else:
+        m = Measurement(run, target, counters, t_start)
 
     def save_checkpoint(snap: tuple[torch.Tensor, dict[str, torch.Tensor], int], iteration: int,
                         directory: Path | None = None) -> None:
@@ -163,7 +199,7 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
     updates = start_version
     next_line = (updates // cfg.report_every + 1) * cfg.report_every
     interval = Report()
-    it_start = time.perf_counter()
+    it_start = now()
     before = pool.traffic.snapshot()
     last: dict[str, Any] = {}
     stop_reason, failure = "budget", None
@@ -190,7 +226,7 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
                 evaluate = m.due()
                 if updates >= next_line or evaluate:
                     next_line = (updates // cfg.report_every + 1) * cfg.report_every  # reports may carry many
-                    wall = time.perf_counter() - it_start  # the interval's training time, before any evaluation
+                    wall = now() - it_start  # the interval's training time, before any evaluation
                     ev = None
                     if evaluate:
                         pool.pause()  # no worker starts an update while the policy is evaluated
@@ -214,7 +250,7 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
                     iteration += 1
                     if iteration % run.checkpoint_every == 0:
                         save_checkpoint(store.snapshot(), iteration)
-                    interval, it_start, before = Report(), time.perf_counter(), pool.traffic.snapshot()
+                    interval, it_start, before = Report(), now(), pool.traffic.snapshot()
                     if ev is not None and ev.first and run.stop_on_solve:
                         stop_reason = "solved"
                         break
@@ -249,6 +285,7 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
         "algorithm": algo, "env": run.env, "seed": run.seed, "backend": run.backend, "workers": workers,
         "sync": "serial" if serial else cfg.sync, "stop_reason": stop_reason, "iterations": iteration,
         "updates": updates, **m.summary(pool.traffic, getattr(pool, "transport", run.backend)),
+        "clock": "virtual" if simulated else "wall",
         "num_params": int(params.numel()), "error": failure,
     }
     rd.write_json("summary.json", summary)

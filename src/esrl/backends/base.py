@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 # How a backend's or pool's bulk traffic moves (its `transport` attribute)
-TRANSPORTS = ("in-process", "pipe", "shared-memory", "ray")
+TRANSPORTS = ("in-process", "pipe", "shared-memory", "ray", "simulated")
 
 
 @dataclass

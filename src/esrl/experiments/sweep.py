@@ -23,7 +23,7 @@ from esrl import config, zoo
 from esrl.errors import InputError
 from esrl.runs.rundir import atomic_write
 
-BACKENDS = ("serial", "processes", "ray", "vectorized")
+BACKENDS = ("serial", "processes", "ray", "vectorized", "simulated")
 
 
 def _sync_choices(algo: str) -> tuple[str, ...]:
@@ -85,6 +85,7 @@ class SweepSpec:
     max_seconds: float = 60.0
     settings: dict[str, dict[str, Any]] = field(default_factory=dict)  # per algorithm or per arm: config overrides
     preset: str = "auto"  # auto: each arm's zoo preset for the env (configs/zoo/) under `settings`; none: defaults
+    sim: dict[str, Any] = field(default_factory=dict)  # simulated backend: network and worker settings (RunConfig's)
 
     def validate(self) -> None:
         """Everything that can be checked before the first run starts: types, arms, the env, every combination."""
@@ -106,6 +107,9 @@ class SweepSpec:
             raise InputError("seeds", f"must be an integer >= 1, got {self.seeds!r}")
         if self.backend not in BACKENDS:
             raise InputError("backend", f"unknown backend {self.backend!r}", ", ".join(BACKENDS))
+        if not isinstance(self.sim, dict) or any(k not in config.SIMULATED_FIELDS for k in self.sim):
+            raise InputError("sim", f"expected simulated-backend settings, got {self.sim!r}",
+                             ", ".join(config.SIMULATED_FIELDS))
         if self.preset not in ("auto", "none"):
             raise InputError("preset", f"unknown {self.preset!r}", "auto, none")
         if not isinstance(self.settings, dict) or not all(isinstance(v, dict) for v in self.settings.values()):
@@ -169,7 +173,7 @@ class SweepSpec:
         try:
             return config.RunConfig(env=self.env, seed=seed, backend=self.backend, address=self.address,
                                     device=self.device, workers=workers, max_seconds=float(self.max_seconds),
-                                    run_dir=str(run_dir), preset=self.preset, **measurement)
+                                    run_dir=str(run_dir), preset=self.preset, **measurement, **self.sim)
         except (TypeError, ValueError) as exc:
             raise InputError("sweep", f"bad setting: {exc}") from None
 
@@ -255,6 +259,12 @@ def sweep(spec: SweepSpec, out: str | Path, show_progress: bool = True) -> list[
         cfg = spec.arm_config(arm)
         if spec.preset == "auto":  # config.json records the file the arm's settings came from
             run = dataclasses.replace(run, preset=spec.arm_preset(arm))
+        if spec.backend == "simulated" and "sim_costs" not in spec.sim:
+            # one cost model per arm: the arm's first run calibrates it, every later run reads it, so the speedup
+            # across worker counts and seeds holds no calibration noise
+            first = out / run_name(arm, spec.workers[0], 0) / "config.json"
+            if d != first.parent and first.is_file():
+                run = dataclasses.replace(run, sim_costs=str(first))
         try:
             if algo == "es":
                 from esrl.train import train
