@@ -298,3 +298,7 @@ def test_a_sweep_runs_on_the_simulated_cluster_with_one_cost_model_per_arm(tmp_p
     assert {k: v for k, v in other["resolved"]["cost_model"].items() if k != "source"} == model
     summary = json.loads((tmp_path / "sw" / "es-w8-s0" / "summary.json").read_text())
     assert summary["clock"] == "virtual" and summary["workers"] == 8
+    from esrl.experiments.report import report
+
+    out = report(tmp_path / "sw", bandwidth=1e9 / 8, latency=1e-4)
+    assert "virtual seconds" in Path(out["report_md"]).read_text()

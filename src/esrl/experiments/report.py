@@ -156,7 +156,8 @@ def markdown(spec: dict[str, Any], rows: list[dict[str, Any]], arm_rows: list[di
              f"Grid: workers {spec['workers']}, {spec['seeds']} seeds, backend `{spec['backend']}`, budget "
              f"{spec['max_seconds']} s per run, target return {_fmt(target)}. Time to threshold is training time: "
              "worker start-up included, evaluations (training paused) excluded; a run counts as solved only when its solve was confirmed on fresh episodes; "
-             f"unsolved runs count as infinitely slow. Intervals: {verdicts.interval_note(kind)}.", "",
+             f"unsolved runs count as infinitely slow. Intervals: {verdicts.interval_note(kind)}."
+             + _clock_note(spec), "",
              f"| arm | workers | solved (evaluation) | confirmed | time to threshold, median [{kind}] | "
              f"speedup [{kind}] | efficiency [{kind}] | env steps/s | episodes to threshold | bytes/env step | "
              "bytes to threshold | transport |",
@@ -288,3 +289,14 @@ def report(sweep_dir: str | Path, bandwidth: float = 125e6, latency: float = 1e-
     atomic_write(d / "report.json", (json.dumps(_jsonable(doc), indent=2) + "\n").encode())
     return {"report_md": str(d / "report.md"), "report_html": str(d / "report.html"),
             "report_json": str(d / "report.json"), "rows": rows, "verdict": verdict}
+
+
+def _clock_note(spec: dict[str, Any]) -> str:
+    """On the simulated backend every time is virtual: say so where the times are."""
+    if spec.get("backend") != "simulated":
+        return ""
+    sim = spec.get("sim") or {}
+    net = ", ".join(f"{k} {v}" for k, v in sorted(sim.items())) or "the simulated backend's defaults"
+    return (" **Every time here is in virtual seconds** of the simulated cluster (`--backend simulated`: the real "
+            "algorithms on N logical workers, time from a cost model calibrated on this machine and then fixed; "
+            f"{net}), not wall seconds.")
