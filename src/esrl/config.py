@@ -48,11 +48,12 @@ class RunConfig:
     eval_episodes: int = _f(10, "noiseless evaluation episodes per evaluation (mean over them vs the target)")
     eval_every_steps: int = _f(10_000, "evaluate the current policy every this many training env steps, training "
                                "paused (the same schedule for every algorithm and worker count)")
-    confirm_episodes: int = _f(100, "fresh episodes that confirm the first evaluation at or above the target, after "
-                               "the timed run (0 = no confirmation)")
+    confirm_episodes: int = _f(100, "fresh episodes that confirm an evaluation at or above the target, at once and "
+                               "off the clock; the run is solved at the first confirmed one (0: the first hit solves)")
     checkpoint_every: int = _f(10, "write a checkpoint every this many iterations (and at the end)")
     verify_every: int = _f(10, "compare worker replicas' parameter hashes every this many iterations")
-    stop_on_solve: bool = _f(True, "stop at the solve: the first evaluation at or above the target whose confirmation holds")
+    stop_on_solve: bool = _f(True, "stop at the solve: the first evaluation at or above the target whose "
+                             "confirmation holds")
     run_dir: str = _f("", "run directory (default: runs/<algo>-<env>-s<seed>)")
     max_episode_steps: int = _f(0, "cap every training and evaluation episode at this many steps (0 = the env's limit)")
     episodic_life: bool = _f(False, "Atari: a lost life ends the training episode (evaluation plays whole games)")
