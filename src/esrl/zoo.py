@@ -112,9 +112,14 @@ def resolve(algo: str, values: dict[str, Any], from_config_file: bool) -> tuple[
         return {**values, "preset": "none"}, "none"
     settings, label = algo_preset(algo, env_id, None if choice == "auto" else choice)
     measurement = env_settings(env_id)
-    if label == "none" and measurement:
-        label = str(zoo_dir() / ENVS_FILE)
+    label = recorded(label, measurement)
     return {**measurement, **settings, **values, "preset": label}, label
+
+
+def recorded(label: str, measurement: dict[str, Any]) -> str:
+    """What config.json records as the preset: the algorithm's file, else envs.toml when only the env's
+    measurement settings applied, else none."""
+    return str(zoo_dir() / ENVS_FILE) if label == "none" and measurement else label
 
 
 def _checked(path: Path, algo: str, env_id: str, values: dict[str, Any]) -> dict[str, Any]:

@@ -160,10 +160,7 @@ class SweepSpec:
 
     def arm_preset(self, arm: str) -> str:
         """The zoo file an arm's settings come from: its preset, else the env's measurement settings, else none."""
-        label = zoo.algo_preset(parse_arm(arm)[0], self.env)[1]
-        if label == "none" and zoo.env_settings(self.env):
-            label = str(zoo.zoo_dir() / zoo.ENVS_FILE)
-        return label
+        return zoo.recorded(zoo.algo_preset(parse_arm(arm)[0], self.env)[1], zoo.env_settings(self.env))
 
     def run_config(self, workers: int, seed: int, run_dir: Path) -> config.RunConfig:
         # the env's measurement settings from the zoo: the same schedule for every arm
