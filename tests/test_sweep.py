@@ -52,6 +52,18 @@ def test_arm_settings_by_algorithm_and_by_arm():
         SweepSpec(algos=["es", "es"]).validate()
 
 
+def test_population_per_worker_grows_es_populations_only():
+    spec = SweepSpec(algos=["es", "a3c"], workers=[1, 16, 64], population_per_worker=2,
+                     settings={"es": {"population": 48}}, preset="none")
+    spec.validate()
+    assert [spec.arm_config("es", w).population for w in (1, 16, 64)] == [48, 48, 128]
+    assert not hasattr(spec.arm_config("a3c", 64), "population")
+    assert SweepSpec(algos=["es"], settings={"es": {"population": 48}}).arm_config("es", 64).population == 48
+    for bad in (-2, 3, True, "2"):
+        with pytest.raises(InputError, match=r"^population_per_worker: "):
+            SweepSpec(algos=["es"], population_per_worker=bad).validate()
+
+
 def test_combinations_are_checked_before_anything_starts():
     with pytest.raises(InputError, match=r"^backend: "):
         SweepSpec(algos=["dqn"], backend="vectorized").validate()  # vectorized is ES-only

@@ -81,6 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--max-seconds", type=float, help="budget per run [default: 60]")
     sw.add_argument("--preset", choices=["auto", "none"], help="auto: each arm's zoo preset for the env "
                     "(configs/zoo/), beneath --config's settings; none: the defaults [default: auto]")
+    sw.add_argument("--population-per-worker", type=int, help="ES arms: population max(the arm's, this x workers), "
+                    "as in the ES paper, where every worker evaluates its own perturbations [default: 0, fixed]")
     sw.add_argument("--config", help="YAML/TOML file: the options above plus `settings: {algo or arm: {key: value}}`")
     _add_sim_options(sw)
     sw.add_argument("--out", required=True, help="sweep directory")
@@ -197,7 +199,8 @@ def _sweep(args: argparse.Namespace) -> int:
         v = getattr(args, key)
         if v is not None:
             values[key] = v
-    for key in ("env", "seeds", "backend", "address", "device", "target_return", "max_seconds", "preset"):
+    for key in ("env", "seeds", "backend", "address", "device", "target_return", "max_seconds", "preset",
+                "population_per_worker"):
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)
     if isinstance(values.get("algos"), str):

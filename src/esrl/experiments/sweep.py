@@ -86,6 +86,9 @@ class SweepSpec:
     settings: dict[str, dict[str, Any]] = field(default_factory=dict)  # per algorithm or per arm: config overrides
     preset: str = "auto"  # auto: each arm's zoo preset for the env (configs/zoo/) under `settings`; none: defaults
     sim: dict[str, Any] = field(default_factory=dict)  # simulated backend: network and worker settings (RunConfig's)
+    # ES arms: population max(the arm's, this x workers), the paper's scaling (each worker evaluates its own
+    # perturbations); 0: the arm's population at every worker count
+    population_per_worker: int = 0
 
     def validate(self) -> None:
         """Everything that can be checked before the first run starts: types, arms, the env, every combination."""
@@ -110,6 +113,10 @@ class SweepSpec:
         if not isinstance(self.sim, dict) or any(k not in config.SIMULATED_FIELDS for k in self.sim):
             raise InputError("sim", f"expected simulated-backend settings, got {self.sim!r}",
                              ", ".join(config.SIMULATED_FIELDS))
+        if isinstance(self.population_per_worker, bool) or not isinstance(self.population_per_worker, int) \
+                or self.population_per_worker < 0 or self.population_per_worker % 2:
+            raise InputError("population_per_worker", f"expected an even integer >= 0, got {self.population_per_worker!r}",
+                             "0 (a fixed population), or 2 (one mirrored pair per worker), 4, ...")
         if self.preset not in ("auto", "none"):
             raise InputError("preset", f"unknown {self.preset!r}", "auto, none")
         if not isinstance(self.settings, dict) or not all(isinstance(v, dict) for v in self.settings.values()):
@@ -127,9 +134,9 @@ class SweepSpec:
         for w in self.workers:
             self.run_config(w, 0, Path(".")).validate()
         for a in self.algos:
-            cfg = self.arm_config(a)
-            cfg.validate()
             for w in self.workers:
+                cfg = self.arm_config(a, w)
+                cfg.validate()
                 config.check_combination(parse_arm(a)[0], self.run_config(w, 0, Path(".")), cfg, spec.obs_onehot,
                                          spec)
 
@@ -146,8 +153,9 @@ class SweepSpec:
             raise InputError("target_return", f"{self.env} has no reward_threshold; a sweep measures time to a target",
                              "--target-return R")
 
-    def arm_config(self, arm: str) -> Any:
-        """The algorithm config of an arm: settings keyed by its algorithm, then by the arm, then the arm's sync."""
+    def arm_config(self, arm: str, workers: int = 1) -> Any:
+        """The algorithm config of an arm at a worker count: settings keyed by its algorithm, then by the arm, then
+        the arm's sync; an ES arm's population grows with `workers` under `population_per_worker`."""
         algo, sync = parse_arm(arm)
         preset = zoo.algo_preset(algo, self.env)[0] if self.preset == "auto" else {}
         values = {**preset, **self.settings.get(algo, {}), **self.settings.get(arm, {})}
@@ -156,7 +164,10 @@ class SweepSpec:
                 raise InputError("settings", f"sync {values['sync']!r} contradicts the arm {arm!r}",
                                  "no sync in settings for an arm that names one")
             values["sync"] = sync
-        return config.build(config.ALGORITHMS[algo], values)
+        cfg = config.build(config.ALGORITHMS[algo], values)
+        if algo == "es" and self.population_per_worker:
+            cfg = dataclasses.replace(cfg, population=max(cfg.population, self.population_per_worker * workers))
+        return cfg
 
     def arm_preset(self, arm: str) -> str:
         """The zoo file an arm's settings come from: its preset, else the env's measurement settings, else none."""
@@ -253,7 +264,7 @@ def sweep(spec: SweepSpec, out: str | Path, show_progress: bool = True) -> list[
             shutil.rmtree(d)  # an unfinished run of an earlier, killed sweep: start it again
         algo = parse_arm(arm)[0]
         run = spec.run_config(workers, seed, d)
-        cfg = spec.arm_config(arm)
+        cfg = spec.arm_config(arm, workers)
         if spec.preset == "auto":  # config.json records the file the arm's settings came from
             run = dataclasses.replace(run, preset=spec.arm_preset(arm))
         if spec.backend == "simulated" and "sim_costs" not in spec.sim:
