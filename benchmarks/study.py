@@ -94,8 +94,8 @@ def run_point(env: str, arm: str, workers: int, gbit: float, seed: int, runs: Pa
     conf = json.loads((d / "config.json").read_text())
     keys = ("solved", "confirmed", "time_to_threshold_s", "env_steps_to_threshold", "env_steps", "training_s",
             "wall_s", "bytes_total", "bytes_startup", "messages_total", "best_eval_return", "stop_reason", "clock")
-    return {**rec, **{k: s.get(k) for k in keys}, "run_dir": str(d),
-            "population": conf.get("algo", {}).get("population")}
+    return {**rec, **{k: s.get(k) for k in keys}, "run_dir": str(d), "iterations": s.get("iterations"),
+            "eval_s": s.get("eval_s"), "population": conf.get("es", {}).get("population")}
 
 
 def load(paths: list[str]) -> list[dict[str, Any]]:
@@ -137,6 +137,11 @@ def _fmt(x: float | None, digits: int = 3) -> str:
     if x is None:
         return "-"
     return f"{x:.{digits}g}" if abs(x) < 10 ** digits else f"{x:,.0f}"
+
+
+def _flag(cmd: str, name: str) -> str | None:
+    words = shlex.split(cmd)
+    return words[words.index(name) + 1] if name in words else None
 
 
 def saturation(points: list[tuple[int, float]]) -> int | None:
@@ -182,7 +187,8 @@ def table(rows: list[dict[str, Any]], env: str, gbit: float) -> list[str]:
                 main = f"not solved ({r.get('stop_reason')}, best {_fmt(r.get('best_eval_return'))})"
             steady = (r["bytes_total"] or 0) - (r["bytes_startup"] or 0)
             steps = r["env_steps"] or 0
-            out.append(f"| {r['workers']} | {r.get('population') or '-'} | {main} | {_fmt(up)} | "
+            pop = r.get("population") or _flag(r["command"], "--population")
+            out.append(f"| {r['workers']} | {pop or '-'} | {main} | {_fmt(up)} | "
                        f"{_fmt(up / r['workers'] if up else None)} | {_fmt(steady / steps if steps else None)} | "
                        f"{steps:,} | {r['real_s']:.0f} |")
         sat = saturation(curve)

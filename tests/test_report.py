@@ -202,6 +202,9 @@ def test_report_files_and_plots(tmp_path):
     md = Path(out["report_md"]).read_text()
     assert "Scaling model" in md and "Residuals" in md and "0.1-100 Gbit/s" in md
     assert "<h2>Verdict</h2>" in html and "<li>" in html
+    # without --beside: no section, no plot, no key
+    assert "## Beside" not in md and not (root / "plots" / "beside.png").exists()
+    assert "beside" not in json.loads(Path(out["report_json"]).read_text())
 
 
 def test_report_of_a_sweep_that_recorded_no_target(tmp_path):
@@ -243,3 +246,71 @@ def test_html_report_renders_in_headless_chromium(tmp_path):
     # the plots rendered: far from a blank page (plot lines and text make many distinct colors)
     assert len(np.unique(img.reshape(-1, img.shape[-1])[:, :3], axis=0)) > 200
 
+
+
+# a simulated sweep of the same env and target to set beside the measured one: es overtakes a3c at 2 workers,
+# dqn:lock is faster than es everywhere (no crossover within the grid)
+TTT_SIM = {("es", 1): [4.0] * 3, ("es", 2): [2.0] * 3, ("es", 4): [1.0] * 3, ("a3c", 1): [3.0] * 3,
+           ("a3c", 2): [2.5] * 3, ("a3c", 4): [2.0, None, 2.0], **{("dqn:lock", w): [0.5] * 3 for w in (1, 2, 4)}}
+
+
+def fake_simulated_sweep(root: Path, **spec) -> Path:
+    fake_sweep(root, TTT_SIM)
+    (root / "sweep.json").write_text(json.dumps({**SPEC, "workers": [1, 2, 4], "backend": "simulated",
+                                                 "sim": {"latency_s": 1e-4}, "settings": {"a3c": {"lr": 0.001}},
+                                                 **spec}))
+    return root
+
+
+def test_report_beside_a_simulated_sweep(tmp_path):
+    root, sim = fake_sweep(tmp_path / "m"), fake_simulated_sweep(tmp_path / "sim")
+    out = report(root, beside=[sim])
+    assert (root / "plots" / "beside.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (e,) = json.loads(Path(out["report_json"]).read_text())["beside"]  # strict JSON: inf as a string
+    assert e["backend"] == "simulated" and e["this_backend"] == "processes" and e["clock"] == "virtual"
+    assert e["differences"] == {"settings": [{}, {"a3c": {"lr": 0.001}}], "workers": [[1, 2], [1, 2, 4]]}
+    es, a3c, dqn = (e["comparison"][a] for a in ("es", "a3c", "dqn:lock"))
+    # es: medians 3 (2, 4, 3) and 1.5 measured, 4 and 2 virtual; 4 workers only beside
+    assert [(p["workers"], p["this_median_s"], p["other_median_s"]) for p in es] == [(1, 3.0, 4.0), (2, 1.5, 2.0),
+                                                                                      (4, None, 1.0)]
+    assert [p["other_over_this"] for p in es] == [pytest.approx(4 / 3), pytest.approx(4 / 3), None]
+    assert es[1]["this_speedup"] == pytest.approx(2.0) and es[2]["other_speedup"] == pytest.approx(4.0)
+    # a3c at 2 workers: unsolved here (median inf, speedup 0), 2.5 beside: the ratio is 0
+    assert a3c[0]["other_over_this"] == pytest.approx(0.5)
+    assert a3c[1]["this_median_s"] == "inf" and a3c[1]["this_speedup"] == 0.0 and a3c[1]["other_over_this"] == 0.0
+    assert a3c[1]["other_speedup"] == pytest.approx(1.2) and a3c[2]["other_speedup"] == pytest.approx(1.5)
+    assert dqn[0]["other_over_this"] == pytest.approx(0.5 / 9)
+    this, other = ({x["arms"][1]: x for x in e["crossovers"][k]} for k in ("this", "other"))
+    assert this["a3c"]["workers"] == 1 and not this["a3c"]["overtakes"]  # es leads from 1 worker measured
+    assert other["a3c"]["workers"] == 2 and other["a3c"]["overtakes"]  # a3c faster at 1 virtual, es from 2
+    assert other["dqn:lock"]["workers"] is None and "no crossover within the grid" in other["dqn:lock"]["text"]
+    md = Path(out["report_md"]).read_text()
+    section = md.split(f"## Beside {sim} (simulated)\n")[1].split("\n## ")[0]
+    assert "virtual seconds" in section and "workers: 1, 2 in this sweep, 1, 2, 4 beside" in section
+    assert "| 1 | 3 | 1 | 4 | 1 | 1.33 |" in section and "| 2 | not solved | 0 | 2.5 | 1.2 | 0 |" in section
+    assert "es overtakes a3c at 2 workers (a3c faster below)" in section
+    assert "![beside](plots/beside.png)" in md and "<h3>dqn:lock</h3>" in Path(out["report_html"]).read_text()
+
+
+@pytest.mark.parametrize("field", [{"env": "Acrobot-v1"}, {"target_return": 400.0}])
+def test_beside_refuses_another_env_or_target(tmp_path, field):
+    from esrl.errors import InputError
+
+    root, sim = fake_sweep(tmp_path / "m"), fake_simulated_sweep(tmp_path / "sim", **field)
+    with pytest.raises(InputError, match=r"^beside: .*not comparable"):
+        report(root, beside=[sim])
+    assert not (root / "report.md").exists()  # refused before anything was written
+
+
+def test_report_cli_beside(tmp_path, capsys):
+    from esrl.cli import main
+
+    root, sim = fake_sweep(tmp_path / "m"), fake_simulated_sweep(tmp_path / "sim")
+    other = fake_simulated_sweep(tmp_path / "other", env="Acrobot-v1")
+    assert main(["report", str(root), "--beside", str(other)]) == 2
+    assert capsys.readouterr().err.startswith("esrl: error: beside: ")
+    assert main(["report", str(root), "--beside", str(tmp_path / "nowhere")]) == 2
+    assert capsys.readouterr().err.startswith("esrl: error: beside: ")
+    assert main(["report", str(root), "--beside", str(sim)]) == 0
+    assert (root / "plots" / "beside.png").is_file()
+    assert [e["dir"] for e in json.loads((root / "report.json").read_text())["beside"]] == [str(sim)]

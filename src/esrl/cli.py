@@ -98,6 +98,9 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("sweep_dir", help="sweep directory")
     rp.add_argument("--bandwidth-gbit", type=float, default=1.0, help="scaling model: hub bandwidth [default: 1]")
     rp.add_argument("--latency-us", type=float, default=100.0, help="scaling model: latency per message [default: 100]")
+    rp.add_argument("--beside", action="append", default=[], metavar="OTHER_SWEEP_DIR",
+                    help="set another sweep of the same env and target beside this one (e.g. simulated beside "
+                    "measured): a section, plots/beside.png and report.json's `beside`; repeatable")
 
     checkpoint_help = ("latest, best (highest evaluation mean), threshold (first to reach the target) or N (the "
                        "checkpoint numbered N: ES iteration, RL global updates) [default: latest]")
@@ -245,7 +248,8 @@ def _report(args: argparse.Namespace) -> int:
         raise InputError("bandwidth_gbit", f"must be > 0, got {args.bandwidth_gbit}")
     if not args.latency_us >= 0:
         raise InputError("latency_us", f"must be >= 0, got {args.latency_us}")
-    out = report(args.sweep_dir, bandwidth=args.bandwidth_gbit * 1e9 / 8, latency=args.latency_us * 1e-6)
+    out = report(args.sweep_dir, bandwidth=args.bandwidth_gbit * 1e9 / 8, latency=args.latency_us * 1e-6,
+                 beside=args.beside)
     print(f"report: {out['report_md']}\nreport: {out['report_html']}\nreport: {out['report_json']}")
     return 0
 

@@ -156,3 +156,26 @@ def make(spec: dict[str, Any], rows: list[dict[str, Any]], records: list[Any], o
         legend(ax, fontsize=6)
         paths.append(save(f, out / fname))
     return paths
+
+
+def beside(series: list[tuple[str, list[dict[str, Any]]]], models: dict[str, tuple[np.ndarray, np.ndarray]],
+           model_label: str, path: Path) -> Path:
+    """Speedup vs workers of sweeps side by side: the first (this sweep) solid with markers, the others dashed,
+    the closed-form model fitted to the first dash-dotted. `series` holds (label, table rows) per sweep."""
+    arms = list(dict.fromkeys(r["arm"] for _, rows in series for r in rows))
+    colors = {a: f"C{i}" for i, a in enumerate(arms)}
+    workers = sorted({r["workers"] for _, rows in series for r in rows})
+    f, ax = fig("Speedup T(fewest)/T(n) beside another sweep", "workers (log2)", "speedup (each sweep's own fewest)")
+    for i, (label, rows) in enumerate(series):
+        ls = "-" if i == 0 else ["--", ":", (0, (6, 2, 1, 2, 1, 2))][(i - 1) % 3]
+        for a in arms:
+            pts = [r for r in rows if r["arm"] == a and r.get("speedup") is not None and math.isfinite(r["speedup"])
+                   and r["speedup"] > 0]  # 0: unsolved at n, nothing to draw on a speedup axis
+            if pts:
+                ax.plot([r["workers"] for r in pts], [r["speedup"] for r in pts], ls=ls, marker="o" if i == 0 else "s",
+                        mfc=colors[a] if i == 0 else "none", color=colors[a], label=f"{a}: {label}")
+    for a, (n, s) in models.items():
+        ax.plot(n, s, ls="-.", lw=1, color=colors.get(a, "k"), label=f"{a}: {model_label}")
+    log2_workers(ax, workers)
+    legend(ax, fontsize=6)
+    return save(f, path)

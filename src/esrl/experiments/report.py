@@ -11,6 +11,7 @@ import base64
 import html as htmllib
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -147,7 +148,8 @@ def _iv(r: dict[str, Any], key: str) -> str:
 
 
 def markdown(spec: dict[str, Any], rows: list[dict[str, Any]], arm_rows: list[dict[str, Any]], verdict: dict[str, Any],
-             machine: dict[str, Any], images: list[Path], model_text: str, target: float | None) -> str:
+             machine: dict[str, Any], images: list[Path], model_text: str, target: float | None,
+             beside_text: str = "") -> str:
     kind = verdict["interval"]
     lines = [f"# esrl scaling report: {', '.join(spec['algos'])} on {spec['env']}", "", "## Verdict", "",
              f"Which arm reaches the confirmed target return ({_fmt(target)}) sooner, by worker count "
@@ -195,6 +197,8 @@ def markdown(spec: dict[str, Any], rows: list[dict[str, Any]], arm_rows: list[di
         lines += ["", "Start-up bytes (median): " + "; ".join(startup) + "."]
     if model_text:
         lines += ["", model_text]
+    if beside_text:
+        lines += ["", beside_text]
     lines += ["", "## Machine", "", f"Source: {machine.get('source', 'unknown')}."
               + (f" Note: {machine['note']}." if machine.get("note") else ""), "", "| | |", "|---|---|"]
     lines += machine_info.describe(machine)
@@ -228,6 +232,8 @@ def html(md_text: str, images: list[Path]) -> str:
                 body.append("<ul>")
                 in_list = True
             body.append(f"<li>{line[2:]}</li>")
+        elif raw.startswith("### "):
+            body.append(f"<h3>{line[4:]}</h3>")
         elif raw.startswith("## "):
             body.append(f"<h2>{line[3:]}</h2>")
         elif raw.startswith("# "):
@@ -262,33 +268,43 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
-def report(sweep_dir: str | Path, bandwidth: float = 125e6, latency: float = 1e-4) -> dict[str, Any]:
-    """Write report.md, report.html, report.json and plots/ into the sweep directory."""
+def report(sweep_dir: str | Path, bandwidth: float = 125e6, latency: float = 1e-4,
+           beside: Sequence[str | Path] = ()) -> dict[str, Any]:
+    """Write report.md, report.html, report.json and plots/ into the sweep directory; `beside`: other sweeps of
+    the same env and target to set beside this one (another backend, typically simulated against measured)."""
+    from esrl.experiments import beside as besides
     from esrl.experiments import model, plots
 
     d = Path(sweep_dir)
     spec, records = load(d)
     target = target_of(spec, records)
+    others = [besides.load_other(o, spec, target) for o in beside]  # refused before anything is written
     kind = interval_kind(group_sizes(spec, records))
     rows = table(spec, records, kind)
     fits = model.fit(spec, records, target)
     ref = "es" if "es" in spec["algos"] else spec["algos"][0]
+    model_crossovers = model.crossovers(fits, ref, bandwidth, latency)
     verdict = verdicts.build(list(spec["algos"]), list(spec["workers"]), records, rows, kind, target,
-                             model.crossovers(fits, ref, bandwidth, latency))
+                             model_crossovers)
     images = plots.make(spec, rows, records, d / "plots", target, kind)
     if fits:
         images.append(model.plot(fits, rows, d / "plots" / "scaling_model.png", bandwidth, latency))
+    entries = [besides.entry(spec, rows, model_crossovers, o, bandwidth, latency) for o in others]
+    if entries:
+        images.append(besides.plot(spec, rows, fits, others, d / "plots" / "beside.png", bandwidth, latency))
     machine = machine_of(d)
     arm_rows = arms(spec, records)
     md = markdown(spec, rows, arm_rows, verdict, machine, images, model.describe(fits, bandwidth, latency)
-                  if fits else "", target)
+                  if fits else "", target, "\n\n".join(besides.markdown(spec, e) for e in entries))
     atomic_write(d / "report.md", md.encode())
     atomic_write(d / "report.html", html(md, images).encode())
     doc = {"verdict": verdict, "machine": machine, "target_return": target, "interval": kind, "arms": arm_rows,
            "rows": rows, "model": fits, "model_hub": {"bandwidth_bytes_per_s": bandwidth, "latency_s": latency}}
+    if entries:
+        doc["beside"] = entries
     atomic_write(d / "report.json", (json.dumps(_jsonable(doc), indent=2) + "\n").encode())
     return {"report_md": str(d / "report.md"), "report_html": str(d / "report.html"),
-            "report_json": str(d / "report.json"), "rows": rows, "verdict": verdict}
+            "report_json": str(d / "report.json"), "rows": rows, "verdict": verdict, "beside": entries}
 
 
 def _clock_note(spec: dict[str, Any]) -> str:
