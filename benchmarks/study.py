@@ -9,8 +9,8 @@ an ordinary `esrl train` run in a subprocess, its command recorded beside its fi
 - CartPole-v1 and Acrobot-v1: time to the env's threshold, confirmed on 100 fresh episodes.
 - HalfCheetah-v5: throughput only (ES 2 generations; A3C 160 env steps per worker, at least 20,000): a
   run to 4,800 is hours of real compute per point, since the simulator really runs every episode.
-Every point of one (env, algorithm) reads the cost model its 1-worker, 10 Gbit/s point calibrated
-(`--sim-costs`), so speedups hold no calibration noise. One JSON line per point; a restarted run skips
+Every point of one (env, algorithm), every seed, reads the cost model its seed-0 1-worker, 10 Gbit/s
+point calibrated (`--sim-costs`), so speedups and seeds hold no calibration noise. One JSON line per point; a restarted run skips
 the points its file holds. `render` writes the tables of docs/study.md between its generated markers.
     .venv/bin/python benchmarks/study.py --envs CartPole-v1 --out benchmarks/results/study.jsonl
         [--workers 1,4,16,64,256,1024] [--nets 1,10] [--arms es,a3c] [--seed 0] [--runs-dir runs/study]
@@ -25,6 +25,7 @@ import itertools
 import json
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -118,12 +119,15 @@ def main_run(args: argparse.Namespace) -> None:
         if env not in ENVS:
             sys.exit(f"envs: unknown {env!r}; expected one of {', '.join(ENVS)}")
         for arm in args.arms.split(","):
-            costs = str(runs / f"{env}-{arm}-w1-10gbit-s{args.seed}" / "config.json")
+            # one cost model per (env, algorithm): seed 0's 1-worker 10 Gbit/s point calibrates it, every other point
+            # (other seeds too) reads it back
+            seed0 = runs / f"{env}-{arm}-w1-10gbit-s0" / "config.json"
+            costs = str(seed0 if seed0.is_file() else runs / f"{env}-{arm}-w1-10gbit-s{args.seed}" / "config.json")
             grid = [(1, 10.0)] + [(w, g) for g in nets for w in workers if (w, g) != (1, 10.0)]
             for w, g in grid:
                 if (env, arm, w, g, args.seed) in done:
                     continue
-                first = (w, g) == (1, 10.0)
+                first = (w, g) == (1, 10.0) and not seed0.is_file()
                 print(f"study: {env} {arm} workers={w} {g:g} Gbit/s", file=sys.stderr, flush=True)
                 rec = run_point(env, arm, w, g, args.seed, runs, "" if first else costs)
                 with out.open("a") as f:
@@ -145,55 +149,67 @@ def _flag(cmd: str, name: str) -> str | None:
 
 
 def saturation(points: list[tuple[int, float]]) -> int | None:
-    """The worker count past which 4x the workers gives less than 1.25x the speed (None: it never does)."""
+    """The worker count past which 4x the workers gives less than 1.25x the throughput (None: it never does)."""
     for (w, s), (_, s_next) in itertools.pairwise(points):
         if s_next < 1.25 * s:
             return w
     return None
 
 
+def _median(xs: list[float]) -> float | None:
+    return statistics.median(xs) if xs else None
+
+
+def _ttt(rs: list[dict[str, Any]]) -> float | None:
+    return _median([r["time_to_threshold_s"] for r in rs if r.get("confirmed")])
+
+
+def _rate(rs: list[dict[str, Any]]) -> float | None:
+    return _median([r["env_steps"] / r["training_s"] for r in rs if r.get("training_s")])
+
+
 def table(rows: list[dict[str, Any]], env: str, gbit: float) -> list[str]:
-    mode = ENVS[env]
-    arms = sorted({r["arm"] for r in rows})
+    """One table per arm: per worker count (medians over seeds) the time to threshold and its speedup, env steps
+    per virtual second and its speedup and efficiency, bytes per env step; where the throughput saturates."""
+    threshold = ENVS[env] == "threshold"
     out = []
-    for arm in arms:
-        pts = sorted((r for r in rows if r["arm"] == arm and not r.get("error")), key=lambda r: r["workers"])
-        if not pts:
+    for arm in sorted({r["arm"] for r in rows}):
+        pts = [r for r in rows if r["arm"] == arm and not r.get("error")]
+        counts = sorted({r["workers"] for r in pts})
+        if not counts:
             continue
+        out += ["", f"**{arm}** at {gbit:g} Gbit/s." + (" Time to threshold: confirmed solves only, its speedup over "
+                "1 worker." if threshold else "") + " Throughput: training env steps per virtual second, its speedup "
+                "over 1 worker and efficiency (speedup / workers). Bytes: after start-up, per training env step.", "",
+                "| workers | population | " + ("solved | time to threshold | speedup | env steps to threshold | "
+                                              if threshold else "")
+                + "env steps/s | speedup | efficiency | bytes per env step | real s |",
+                "|---|---|" + ("---|---|---|---|" if threshold else "") + "---|---|---|---|---|"]
+        by = {w: [r for r in pts if r["workers"] == w] for w in counts}
 
-        def speed(r: dict[str, Any]) -> float | None:
-            if mode == "throughput":
-                return r["env_steps"] / r["training_s"] if r.get("training_s") else None
-            return 1 / r["time_to_threshold_s"] if r.get("confirmed") and r.get("time_to_threshold_s") else None
-
-        base = next((speed(r) for r in pts if r["workers"] == 1), None)
-        what = "env steps per virtual second" if mode == "throughput" else "time to threshold (virtual s)"
-        out += ["", f"**{arm}** at {gbit:g} Gbit/s: {what}, speedup over 1 worker, efficiency (speedup / workers), "
-                "bytes per env step.", "",
-                "| workers | population | " + ("env steps/s" if mode == "throughput" else "time to threshold")
-                + " | speedup | efficiency | bytes per env step | env steps | real s |",
-                "|---|---|---|---|---|---|---|---|"]
+        t1, r1 = (_ttt(by[1]), _rate(by[1])) if 1 in by else (None, None)
         curve = []
-        for r in pts:
-            sp = speed(r)
-            up = sp / base if sp and base else None
+        for w in counts:
+            rs = by[w]
+            t, rt = _ttt(rs), _rate(rs)
+            up = rt / r1 if rt and r1 else None
             if up:
-                curve.append((r["workers"], up))
-            if mode == "throughput":
-                main = _fmt(sp)
-            elif r.get("confirmed"):
-                main = f"{_fmt(r['time_to_threshold_s'])} s"
-            else:
-                main = f"not solved ({r.get('stop_reason')}, best {_fmt(r.get('best_eval_return'))})"
-            steady = (r["bytes_total"] or 0) - (r["bytes_startup"] or 0)
-            steps = r["env_steps"] or 0
-            pop = r.get("population") or _flag(r["command"], "--population")
-            out.append(f"| {r['workers']} | {pop or '-'} | {main} | {_fmt(up)} | "
-                       f"{_fmt(up / r['workers'] if up else None)} | {_fmt(steady / steps if steps else None)} | "
-                       f"{steps:,} | {r['real_s']:.0f} |")
+                curve.append((w, up))
+            per = _median([((r["bytes_total"] or 0) - (r["bytes_startup"] or 0)) / r["env_steps"]
+                           for r in rs if r.get("env_steps")])
+            pop = rs[0].get("population") or _flag(rs[0]["command"], "--population")
+            cells = [str(w), str(pop or "-")]
+            if threshold:
+                solved = sum(bool(r.get("confirmed")) for r in rs)
+                best = max((r.get("best_eval_return") or float("-inf")) for r in rs)
+                cells += [f"{solved}/{len(rs)}", f"{_fmt(t)} s" if t else f"- (best {_fmt(best)})",
+                          _fmt(t1 / t if t and t1 else None),
+                          _fmt(_median([float(r["env_steps_to_threshold"]) for r in rs if r.get("confirmed")]))]
+            cells += [_fmt(rt), _fmt(up), _fmt(up / w if up else None), _fmt(per), f"{max(r['real_s'] for r in rs):.0f}"]
+            out.append("| " + " | ".join(cells) + " |")
         sat = saturation(curve)
-        out += ["", f"Saturates: {'at ' + str(sat) + ' workers' if sat else 'not within the grid'} "
-                "(past there, 4x the workers gives less than 1.25x the speed)."]
+        out += ["", f"Throughput saturates: {'at ' + str(sat) + ' workers' if sat else 'not within the grid'} "
+                "(past there, 4x the workers gives less than 1.25x the env steps per second)."]
     return out
 
 
