@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import netns
+import provenance
 from esrl.config import A3CConfig, ESConfig, RunConfig
 from esrl.train import train
 from esrl.train_rl import train_rl
@@ -197,7 +198,7 @@ def compare(link: netns.Link, plan: Plan, tcp_seconds: float = 8.0) -> list[dict
             rec.update(tcp=tcp["updates_per_s"], ratio_tcp=sim["value"] / tcp["updates_per_s"],
                        tcp_link_busy=tcp["link_busy"])
         records.append(rec)
-    return [*records, dict(name="link", bandwidth_mbit=rate, **net)]
+    return [*records, dict(name="link", bandwidth_mbit=rate, **net, **provenance.stamp())]
 
 
 def main() -> None:

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import provenance
 from esrl.config import A3CConfig, ESConfig, RunConfig
 from esrl.train import train
 from esrl.train_rl import train_rl
@@ -62,7 +62,7 @@ def main() -> None:
                 virtual = summary["wall_s"]
                 emit(name=f"sim_speed_{algo}_w{w}", algo=algo, workers=w, virtual_s=virtual, real_s=real,
                      ratio=virtual / real, env_steps=summary["env_steps"],
-                     real_env_steps_per_s=summary["env_steps"] / real, loadavg=os.getloadavg())
+                     real_env_steps_per_s=summary["env_steps"] / real, **provenance.stamp())
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import os
 import statistics
 import sys
 import tempfile
@@ -25,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import provenance
 from esrl.config import ALGORITHMS, ESConfig, RunConfig
 from esrl.train import train
 from esrl.train_rl import train_rl
@@ -114,7 +114,7 @@ def main() -> None:
             emit(name=f"{algo}_{key}_w{w}", algo=algo, workers=w, metric=key, simulated=sim, measured=real,
                  ratio=sim / real if real else None, simulated_runs=sims, measured_runs=reals,
                  sync=None if algo == "es" else "hogwild")
-    emit(name="pipe", latency_us=latency_us, bandwidth_gbit=gbit, loadavg=os.getloadavg())
+    emit(name="pipe", latency_us=latency_us, bandwidth_gbit=gbit, **provenance.stamp())
 
 
 if __name__ == "__main__":

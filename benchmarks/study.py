@@ -14,16 +14,15 @@ point calibrated (`--sim-costs`), so speedups and seeds hold no calibration nois
 the points its file holds. `render` writes the tables of docs/study.md between its generated markers.
     .venv/bin/python benchmarks/study.py --envs CartPole-v1 --out benchmarks/results/study.jsonl
         [--workers 1,4,16,64,256,1024] [--nets 1,10] [--arms es,a3c] [--seed 0] [--runs-dir runs/study]
-    .venv/bin/python benchmarks/study.py render benchmarks/results/study.jsonl --doc docs/study.md
+    .venv/bin/python benchmarks/study.py render benchmarks/results/study*.jsonl --doc docs/study.md
+        [--checks benchmarks/results/sim_validation.jsonl benchmarks/results/sim_network.jsonl ...]
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import itertools
 import json
-import os
 import shlex
 import statistics
 import subprocess
@@ -31,6 +30,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import provenance
 
 ROOT = Path(__file__).resolve().parent.parent
 ENVS = {"CartPole-v1": "threshold", "Acrobot-v1": "threshold", "HalfCheetah-v5": "throughput"}
@@ -41,6 +42,7 @@ NETS = (1.0, 10.0)
 CAPS = {("CartPole-v1", "es"): (1800, 30_000_000), ("CartPole-v1", "a3c"): (1800, 1_000_000),
         ("Acrobot-v1", "es"): (1800, 30_000_000), ("Acrobot-v1", "a3c"): (1800, 2_000_000)}
 BEGIN, END = "<!-- generated:study -->", "<!-- /generated:study -->"
+CHECKS_BEGIN, CHECKS_END = "<!-- generated:checks -->", "<!-- /generated:checks -->"
 
 
 def es_population(env: str, workers: int) -> int:
@@ -70,14 +72,6 @@ def command(env: str, arm: str, workers: int, gbit: float, seed: int, run_dir: P
     return cmd
 
 
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def run_point(env: str, arm: str, workers: int, gbit: float, seed: int, runs: Path, costs: str) -> dict[str, Any]:
     d = runs / f"{env}-{arm}-w{workers}-{gbit:g}gbit-s{seed}"
     cmd = command(env, arm, workers, gbit, seed, d, costs)
@@ -86,9 +80,7 @@ def run_point(env: str, arm: str, workers: int, gbit: float, seed: int, runs: Pa
     proc = subprocess.run(exe, capture_output=True, text=True)
     real = time.perf_counter() - t0
     rec: dict[str, Any] = {"env": env, "arm": arm, "workers": workers, "bandwidth_gbit": gbit, "seed": seed,
-                           "command": shlex.join(cmd), "real_s": real, "commit": commit(),
-                           "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                           "loadavg": os.getloadavg()}
+                           "command": shlex.join(cmd), "real_s": real, **provenance.stamp()}
     if proc.returncode:
         return {**rec, "error": (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]}
     s = json.loads((d / "summary.json").read_text())
@@ -213,8 +205,52 @@ def table(rows: list[dict[str, Any]], env: str, gbit: float) -> list[str]:
     return out
 
 
-def render(records: list[dict[str, Any]], doc: Path) -> None:
-    lines: list[str] = [BEGIN]
+def _replace(text: str, begin: str, end: str, lines: list[str], doc: Path) -> str:
+    if begin not in text or end not in text:
+        sys.exit(f"doc: {doc} has no {begin} ... {end} markers")
+    head, rest = text.split(begin, 1)
+    return head + "\n".join([begin, *lines, end]) + rest.split(end, 1)[1]
+
+
+def checks(records: list[dict[str, Any]], source: str) -> list[str]:
+    """The simulator against reality, from one file of sim_validation.py, sim_network.py or sim_speed.py lines."""
+    meta = next((r for r in records if r.get("name") in ("pipe", "link")), records[-1])
+    stamp = f"Commit {meta.get('commit', 'unknown')}, {str(meta.get('date', ''))[:10]}, load average " \
+            f"{meta.get('loadavg')}; `{source}`."
+    rows = [r for r in records if r.get("name") not in ("pipe", "link")]
+    if rows and "metric" in rows[0]:  # sim_validation.py
+        net = f" The simulated network: this machine's pipe, {meta['latency_us']:.0f} us and " \
+              f"{meta['bandwidth_gbit']:.1f} Gbit/s, measured in the same run."
+        out = ["", "**Compute** (`benchmarks/sim_validation.py`): the processes backend against the simulated one "
+               f"on the same config, {len(rows[0]['simulated_runs'])} runs each, alternating; medians.{net} {stamp}",
+               "", "| comparison | simulated | measured | ratio | simulated runs | measured runs |", "|---|---|---|---|---|---|"]
+        for r in rows:
+            out.append(f"| {r['algo']} {r['metric']}, {r['workers']} worker(s) | {_fmt(r['simulated'])} | "
+                       f"{_fmt(r['measured'])} | {r['ratio']:.2f} | {', '.join(_fmt(x) for x in r['simulated_runs'])}"
+                       f" | {', '.join(_fmt(x) for x in r['measured_runs'])} |")
+        return out
+    if rows and "virtual_s" in rows[0]:  # sim_speed.py
+        out = ["", f"**Speed of the simulator** (`benchmarks/sim_speed.py`, CartPole-v1). {stamp}", "",
+               "| algorithm | workers | virtual s | real s | virtual s per real s | real env steps per s |",
+               "|---|---|---|---|---|---|"]
+        for r in rows:
+            out.append(f"| {r['algo']} | {r['workers']} | {_fmt(r['virtual_s'])} | {_fmt(r['real_s'])} | "
+                       f"{_fmt(r['ratio'])} | {_fmt(r['real_env_steps_per_s'])} |")
+        return out
+    out = ["", f"**Network** (`benchmarks/sim_network.py`): Ray on two network namespaces joined by a "
+           f"{meta.get('bandwidth_mbit', 0):g} Mbit/s tbf-limited veth, the simulator at that bandwidth and the "
+           f"veth's measured latency ({_fmt(meta.get('latency_us'))} us). {stamp}", "",
+           "| case | measured (Ray) | simulated | ratio | plain TCP | ratio to TCP | link busy (Ray) | bytes per "
+           "update, counted / on the wire |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['name']} | {_fmt(r['measured'])} | {_fmt(r['simulated'])} | {r['ratio']:.2f} | "
+                   f"{_fmt(r.get('tcp'))} | {_fmt(r.get('ratio_tcp'))} | {_fmt(r.get('link_busy'))} | "
+                   f"{_fmt(r.get('bytes_per_update'))} / {_fmt(r.get('wire_bytes_per_update'))} |")
+    return out
+
+
+def render(records: list[dict[str, Any]], doc: Path, check_files: list[str] | None = None) -> None:
+    lines: list[str] = []
     for env in ENVS:
         env_rows = [r for r in records if r["env"] == env]
         if not env_rows:
@@ -229,12 +265,20 @@ def render(records: list[dict[str, Any]], doc: Path) -> None:
                       f"Commit {', '.join(commits)}, {dates[0]}; seed {sorted({r['seed'] for r in rows})}. "
                       f"Each point's command, e.g.: `{rows[-1]['command']}`."]
             lines += table(rows, env, gbit)
-    lines.append(END)
     text = doc.read_text() if doc.exists() else f"# The study\n\n{BEGIN}\n{END}\n"
-    if BEGIN not in text or END not in text:
-        sys.exit(f"doc: {doc} has no {BEGIN} ... {END} markers")
-    head, rest = text.split(BEGIN, 1)
-    doc.write_text(head + "\n".join(lines) + rest.split(END, 1)[1])
+    text = _replace(text, BEGIN, END, lines, doc)
+    if check_files:
+        found: list[str] = []
+        for f in check_files:
+            found += checks(load([f]), f"python benchmarks/{_bench_of(load([f]))} > {f}")
+        text = _replace(text, CHECKS_BEGIN, CHECKS_END, found, doc)
+    doc.write_text(text)
+
+
+def _bench_of(records: list[dict[str, Any]]) -> str:
+    if any("metric" in r for r in records):
+        return "sim_validation.py"
+    return "sim_speed.py" if any("virtual_s" in r for r in records) else "sim_network.py"
 
 
 def main() -> None:
@@ -242,8 +286,9 @@ def main() -> None:
         p = argparse.ArgumentParser(prog="study.py render")
         p.add_argument("files", nargs="+")
         p.add_argument("--doc", default=str(ROOT / "docs" / "study.md"))
+        p.add_argument("--checks", nargs="*", default=[], help="sim_validation / sim_network / sim_speed JSON lines")
         a = p.parse_args(sys.argv[2:])
-        render(load(a.files), Path(a.doc))
+        render(load(a.files), Path(a.doc), a.checks)
         return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--envs", default=",".join(ENVS))
