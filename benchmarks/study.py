@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import shlex
 import statistics
 import subprocess
@@ -152,8 +153,10 @@ def _median(xs: list[float]) -> float | None:
     return statistics.median(xs) if xs else None
 
 
-def _ttt(rs: list[dict[str, Any]]) -> float | None:
-    return _median([r["time_to_threshold_s"] for r in rs if r.get("confirmed")])
+def _ttt(rs: list[dict[str, Any]], key: str = "time_to_threshold_s") -> float | None:
+    """The median over seeds, an unconfirmed run counted as never (as the report counts it); None: never."""
+    m = _median([float(r[key]) if r.get("confirmed") else math.inf for r in rs])
+    return None if m is None or math.isinf(m) else m
 
 
 def _rate(rs: list[dict[str, Any]]) -> float | None:
@@ -170,8 +173,8 @@ def table(rows: list[dict[str, Any]], env: str, gbit: float) -> list[str]:
         counts = sorted({r["workers"] for r in pts})
         if not counts:
             continue
-        out += ["", f"**{arm}** at {gbit:g} Gbit/s." + (" Time to threshold: confirmed solves only, its speedup over "
-                "1 worker." if threshold else "") + " Throughput: training env steps per virtual second, its speedup "
+        out += ["", f"**{arm}** at {gbit:g} Gbit/s." + (" Time to threshold and env steps to it: medians over seeds, "
+                "a run not confirmed counted as never (-); the time's speedup over 1 worker." if threshold else "") + " Throughput: training env steps per virtual second, its speedup "
                 "over 1 worker and efficiency (speedup / workers). Bytes: after start-up, per training env step.", "",
                 "| workers | population | " + ("solved | time to threshold | speedup | env steps to threshold | "
                                               if threshold else "")
@@ -196,7 +199,7 @@ def table(rows: list[dict[str, Any]], env: str, gbit: float) -> list[str]:
                 best = max((r.get("best_eval_return") or float("-inf")) for r in rs)
                 cells += [f"{solved}/{len(rs)}", f"{_fmt(t)} s" if t else f"- (best {_fmt(best)})",
                           _fmt(t1 / t if t and t1 else None),
-                          _fmt(_median([float(r["env_steps_to_threshold"]) for r in rs if r.get("confirmed")]))]
+                          _fmt(_ttt(rs, "env_steps_to_threshold"))]
             cells += [_fmt(rt), _fmt(up), _fmt(up / w if up else None), _fmt(per), f"{max(r['real_s'] for r in rs):.0f}"]
             out.append("| " + " | ".join(cells) + " |")
         sat = saturation(curve)
