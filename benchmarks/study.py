@@ -221,7 +221,7 @@ def checks(records: list[dict[str, Any]], source: str) -> list[str]:
     stamp = f"Commit {meta.get('commit', 'unknown')}, {str(meta.get('date', ''))[:10]}, load average " \
             f"{meta.get('loadavg')}; `{source}`."
     rows = [r for r in records if r.get("name") not in ("pipe", "link")]
-    if rows and "metric" in rows[0]:  # sim_validation.py
+    if rows and "simulated_runs" in rows[0]:  # sim_validation.py
         net = f" The simulated network: this machine's pipe, {meta['latency_us']:.0f} us and " \
               f"{meta['bandwidth_gbit']:.1f} Gbit/s, measured in the same run."
         out = ["", "**Compute** (`benchmarks/sim_validation.py`): the processes backend against the simulated one "
@@ -279,7 +279,7 @@ def render(records: list[dict[str, Any]], doc: Path, check_files: list[str] | No
 
 
 def _bench_of(records: list[dict[str, Any]]) -> str:
-    if any("metric" in r for r in records):
+    if any("simulated_runs" in r for r in records):
         return "sim_validation.py"
     return "sim_speed.py" if any("virtual_s" in r for r in records) else "sim_network.py"
 
