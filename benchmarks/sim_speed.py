@@ -13,7 +13,6 @@ figure that bounds how far a run to threshold can go on this machine. Run:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -23,10 +22,7 @@ import provenance
 from esrl.config import A3CConfig, ESConfig, RunConfig
 from esrl.train import train
 from esrl.train_rl import train_rl
-
-
-def emit(**record: object) -> None:
-    print(json.dumps(record), flush=True)
+from sim_validation import emit
 
 
 def run_once(algo: str, workers: int, out: Path, costs: str, quick: bool) -> tuple[dict, float]:

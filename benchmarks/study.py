@@ -273,7 +273,8 @@ def render(records: list[dict[str, Any]], doc: Path, check_files: list[str] | No
     if check_files:
         found: list[str] = []
         for f in check_files:
-            found += checks(load([f]), f"python benchmarks/{_bench_of(load([f]))} > {f}")
+            recs = load([f])
+            found += checks(recs, f"python benchmarks/{_bench_of(recs)} > {f}")
         text = _replace(text, CHECKS_BEGIN, CHECKS_END, found, doc)
     doc.write_text(text)
 

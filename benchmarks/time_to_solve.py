@@ -24,13 +24,13 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import provenance
 from esrl.config import ALGORITHMS, RunConfig
 
 
@@ -60,17 +60,6 @@ def solve(algo: str, sync: str | None, env: str, target: float, seed: int, worke
         from esrl.train_rl import train_rl
 
         return train_rl(algo, run, cfg, show_progress=False)
-
-
-def _commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
-                             cwd=Path(__file__).parent)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, cwd=Path(__file__).parent).stdout.strip()
-        return out.stdout.strip() + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def _value(text: str) -> Any:
@@ -112,7 +101,7 @@ def main() -> None:
     if args.quick:
         args.seeds, args.max_seconds = 1, 12.0
     options = {k: _value(v) for k, v in (o.split("=", 1) for o in args.option)}
-    emit(bench="time_to_solve_meta", commit=_commit(), date=time.strftime("%Y-%m-%d"), cpus=os.cpu_count(),
+    emit(bench="time_to_solve_meta", commit=provenance.commit(), date=time.strftime("%Y-%m-%d"), cpus=os.cpu_count(),
          load_avg_1m=os.getloadavg()[0], backend=args.backend, seeds=args.seeds, max_seconds=args.max_seconds)
 
     configs: list[tuple[str, str | None, int]] = []

@@ -180,10 +180,10 @@ def _git(*args: str) -> str:
 
 
 def commit_info() -> dict[str, Any]:
-    from time_to_solve import _commit
+    from provenance import commit
 
     ct = _git("show", "-s", "--format=%ct", "HEAD")
-    return {"commit": _commit(), "commit_time": int(ct) if ct.isdigit() else None}
+    return {"commit": commit(), "commit_time": int(ct) if ct.isdigit() else None}
 
 
 def _versions() -> dict[str, str | None]:

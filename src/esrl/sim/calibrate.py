@@ -88,8 +88,8 @@ def es_costs(replica: Any, spec: envs.EnvSpec, seed: int) -> CostModel:
 def _task_fit(replica: Any, t: int, pop: int) -> tuple[float, float, dict[str, Any]]:
     """(row, call) with a task's seconds = its members' env steps * row + its longest episode * call: a least-squares
     fit, in relative error, over tasks of 1, 2, 4, ... members up to 64 (or the population), each timed as the
-    median of a few runs. A fit through two tasks (1 and 16 members, as before) swung the simulated ES iteration
-    from 0.8x to 1.3x of the measured one between runs. Also the result of a 16-member task (its message size)."""
+    median of a few runs: a fit through two tasks (1 and 16 members, as before) moved a lot from one run to the
+    next on a noisy machine. Also the result of a 16-member task (its message size)."""
     sizes = sorted({min(n, pop) for n in (1, 2, 4, 8, 16, 32, 64)})
     replica.run(("pop", t, 0, max(sizes)))  # builds the envs
     rows, took = [], []
