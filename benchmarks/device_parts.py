@@ -159,17 +159,25 @@ def plain_loop(env_id: str, seconds: float) -> float:
 
 
 def es_throughput(part: Part) -> None:
-    """Iteration 0 of ES as one batch per (env, population): the torch path, best of a few after a warm-up."""
+    """Iteration 0 of ES as one batch per (env, engine, population), best of a few after a warm-up.
+
+    Engines: `torch` (the batched torch path: per-member weights materialised, a few dozen kernels
+    and a host sync per step) on every env; `fused` (esrl.es.fused: one Triton kernel per chunk,
+    weights read from the noise table in place) on CartPole, also timed without the host's share
+    (offsets, initial states, the copies back) and at a few block sizes and warp counts.
+    """
+    import numpy as np
     import torch
 
     from esrl import envs
     from esrl.config import ESConfig
+    from esrl.es import fused
     from esrl.es.vectorized import MAX_BATCH_FLOATS, ESTorchSetup
 
     p, cuda = part.p, _cuda()
     device = "cuda" if cuda else ("cpu" if part.dry else None)
-    reason = None if cuda else NO_CUDA + ("; the same torch path ran on the CPU at tiny populations (dry run)"
-                                          if part.dry else "")
+    reason = None if cuda else NO_CUDA + ("; the same torch path ran on the CPU at tiny populations (dry run), the "
+                                          "fused kernel in Triton's interpreter" if part.dry else "")
     base = {e: plain_loop(e, p["plain_loop_s"]) for e in p["envs"]}
     for e, sps in base.items():
         part.emit(kind="plain_gym", status="measured", env=e, device="cpu", steps_per_s=sps)
@@ -184,32 +192,53 @@ def es_throughput(part: Part) -> None:
         if cuda:
             torch.cuda.synchronize()
 
-    def measure(env_id: str, spec: Any, cfg: Any) -> tuple[dict[str, Any], float]:
+    def best_of(fn: Any) -> float:
+        best = math.inf
+        for _ in range(p["repeats"]):
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            best = min(best, time.perf_counter() - t0)
+        return best
+
+    def measure(env_id: str, spec: Any, cfg: Any, engine: str) -> tuple[dict[str, Any], float]:
         """Iteration 0 as one batch: a warm-up run, then the best of `repeats`; (record, seconds spent)."""
         t_start = time.perf_counter()
         pop = cfg.population
-        rep = ESTorchSetup(cfg, spec, 0, device=device, engine="torch").build()
-        need = min(pop, MAX_BATCH_FLOATS // rep.dim) * rep.dim * 28 + rep.table_size * 4  # params, index, copies
+        rep = ESTorchSetup(cfg, spec, 0, device=device, engine=engine).build()
+        per_member = 64 if engine == "fused" else min(pop, MAX_BATCH_FLOATS // rep.dim) * rep.dim * 28 / pop
+        need = pop * per_member + rep.table_size * 4  # fused: init, offsets, outputs; torch: params, index, copies
         if free is not None and need > 0.8 * free:
-            return {"status": "skipped", "reason": f"needs about {need / 2**30:.1f} GiB of GPU memory, "
-                    f"{free / 2**30:.1f} GiB free"}, 0.0
+            return {"status": "skipped", "engine": engine, "reason": f"needs about {need / 2**30:.1f} GiB of GPU "
+                    f"memory, {free / 2**30:.1f} GiB free"}, 0.0
         sync()
-        out = rep.run(("pop", 0, 0, pop))  # warm-up: kernels loaded, the table on the device
-        best = math.inf
-        for _ in range(p["repeats"]):
-            rep._cache_t = -1  # evaluate iteration 0 again
-            sync()
-            t0 = time.perf_counter()
-            rep.run(("pop", 0, 0, pop))
-            sync()
-            best = min(best, time.perf_counter() - t0)
+        out = rep.run(("pop", 0, 0, pop))  # warm-up: kernels loaded (compiled), the table on the device
+
+        def again(r: Any = rep) -> None:
+            r._cache_t = -1  # evaluate iteration 0 again
+            r.run(("pop", 0, 0, pop))
+
+        best = best_of(again)
         steps = int(out["lengths"].sum())
-        rec = {"status": "measured", "device": device, "device_name": name, "stand_in": not cuda, "num_params": rep.dim,
-               "steps": steps, "seconds": best, "steps_per_s": steps / best,
+        rec = {"status": "measured", "engine": engine, "device": device, "device_name": name, "stand_in": not cuda,
+               "num_params": rep.dim, "steps": steps, "seconds": best, "steps_per_s": steps / best,
                "ratio_vs_plain_gym": steps / best / base[env_id], "mean_episode_length": steps / pop,
                "longest_episode": int(out["lengths"].max()), "param_bytes": rep.peak_bytes,
                "members_per_chunk": min(pop, MAX_BATCH_FLOATS // rep.dim),
                "obs_recorded_fraction": cfg.obs_norm_fraction if cfg.obs_norm else 0.0}
+        if engine == "fused":  # the kernel alone, on the first chunk's inputs, at a few blocks and warp counts
+            m = np.arange(min(pop, MAX_BATCH_FLOATS // rep.dim))
+            kw = rep.fused_inputs(m, 0, 0, int(rep.step_cap))
+            for block, warps in p["fused_configs"]:
+                res = fused.cartpole_episodes(**kw, block=block, num_warps=warps)  # compiled here, not timed
+                k_steps = int(res["lengths"].sum())
+                t = best_of(lambda b=block, w=warps: fused.cartpole_episodes(**kw, block=b, num_warps=w))
+                rec[f"kernel_b{block}_w{warps}_steps_per_s"] = k_steps / t
+            best = max((v, k) for k, v in rec.items() if k.startswith("kernel_b"))
+            rec["kernel_steps_per_s"], rec["kernel_best"] = best[0], best[1][len("kernel_"):-len("_steps_per_s")]
+            rec["kernel_members"] = len(m)
+            del kw
         del rep, out
         if cuda:
             torch.cuda.empty_cache()
@@ -219,23 +248,31 @@ def es_throughput(part: Part) -> None:
         spec = envs.spec_of(env_id)
         if p.get("max_episode_steps"):  # dry run: shorter episodes, the same code
             spec = dataclasses.replace(spec, max_episode_steps=min(spec.max_episode_steps, p["max_episode_steps"]))
-        last_s = 0.0  # seconds of the previous population's measurement: the next one is about 4x
-        for pop in p["populations"]:
-            if last_s * 4 > part.left():
-                cuts.append(f"{env_id} from population {pop}: the cap was near")
-                part.emit(kind="throughput", status="skipped", env=env_id, population=pop, reason="the cap was near")
-                break
-            # observation recording off: its per-member copies to the host would be timed instead of the envs
-            rec, last_s = measure(env_id, spec, ESConfig(population=pop, obs_norm_fraction=0.0))
-            part.emit(kind="throughput", env=env_id, population=pop, **rec)
-        pop = p["recording_population"]
-        if env_id == p["envs"][0] and pop and part.left() > 4 * last_s:  # the default: 5% of members recorded
-            rec, _ = measure(env_id, spec, ESConfig(population=pop))
-            part.emit(kind="throughput", env=env_id, population=pop, **rec)
+        engines = ["torch"]
+        why_not = fused.supports(env_id, [(spec.obs_dim, 16), (16, spec.act_dim)], 0.0)
+        if why_not is None:
+            engines.insert(0, "fused")
+        for engine in engines:
+            last_s = 0.0  # seconds of the previous population's measurement: the next one is about 4x
+            pops = p["fused_populations"] if engine == "fused" else p["populations"]
+            for pop in pops:
+                if last_s * 4 > part.left():
+                    cuts.append(f"{env_id} {engine} from population {pop}: the cap was near")
+                    part.emit(kind="throughput", status="skipped", env=env_id, engine=engine, population=pop,
+                              reason="the cap was near")
+                    break
+                # observation recording off: the torch path's per-member copies to the host would be timed
+                rec, last_s = measure(env_id, spec, ESConfig(population=pop, obs_norm_fraction=0.0), engine)
+                part.emit(kind="throughput", env=env_id, population=pop, **rec)
+            pop = p["recording_population"]
+            if env_id == p["envs"][0] and pop and part.left() > 4 * last_s:  # the default: 5% of members recorded
+                rec, _ = measure(env_id, spec, ESConfig(population=pop), engine)
+                part.emit(kind="throughput", env=env_id, population=pop, **rec)
     notes = ["iteration 0 of ES (random initial policies) with per-member weights; CartPole episodes are short "
              "(mean ~20 steps), Acrobot's and Pendulum's fill the batch (500 and 200 steps)",
-             "observation recording off (obs_norm_fraction 0) except the row marked 0.05, the default: es/vectorized.py "
-             "copies each recorded member's sums to the host one by one"]
+             "observation recording off (obs_norm_fraction 0) except the rows marked 0.05, the default",
+             "fused: one Triton kernel per chunk, float32 dynamics (the torch engine's are float64); `kernel steps/s` "
+             "times the kernel alone on one chunk, the best of its (block, warps) configurations; `env steps/s` times the whole iteration"]
     part.section("measured" if cuda else "skipped", reason, cuts, notes)
 
 
@@ -391,6 +428,8 @@ def main() -> None:
 
         sys.exit(esrl_main(sys.argv[3:]))
     part = Part(name, out)
+    if part.dry and not _cuda():  # Triton kernels in its interpreter, chosen before triton is imported
+        os.environ.setdefault("TRITON_INTERPRET", "1")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # at the cap: exit, running cleanups
     PARTS[name](part)
 

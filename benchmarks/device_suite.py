@@ -179,8 +179,10 @@ def plan(dry: bool, facts: dict[str, Any]) -> list[dict[str, Any]]:
     # 1. vectorized ES on CUDA
     pops = [64, 256] if dry else [4096, 16384, 65536, 262144, 1048576]
     parts.append(_part("es_throughput", "Vectorized ES: env steps/s with per-member policies vs the plain Gymnasium loop",
-                       30 if dry else 45, 8 if dry else 30,
+                       30 if dry else 60, 8 if dry else 45,
                        {"envs": ["CartPole-v1", "Acrobot-v1", "Pendulum-v1"], "populations": pops,
+                        "fused_populations": [64] if dry else [4096, 65536, 1048576, 4194304, 16777216],
+                        "fused_configs": [[16, 1]] if dry else [[32, 1], [32, 2], [64, 2], [64, 4], [128, 4], [128, 8]],
                         "plain_loop_s": 0.05 if dry else 0.5, "repeats": 1 if dry else 2,
                         "max_episode_steps": 100 if dry else 0,
                         "recording_population": 64 if dry else 262144,
@@ -189,8 +191,8 @@ def plan(dry: bool, facts: dict[str, Any]) -> list[dict[str, Any]]:
     tts_arms = [{"device": "cpu", "population": 256}, {"device": "cuda", "population": 256}]
     if not dry:
         tts_arms.append({"device": "cuda", "population": 4096})
-    cap = 30 if dry else 70
-    est = [0.3 if a["device"] == "cpu" else 4.0 for a in tts_arms if cuda or a["device"] == "cpu"]
+    cap = 30 if dry else 65
+    est = [0.3 if a["device"] == "cpu" else 3.0 for a in tts_arms if cuda or a["device"] == "cpu"]
     seeds, budget, exp = (1, 5.0, 3.0) if dry else fit_budget(est, 5, cap - MARGIN_S - 6, 0.8)
     parts.append(_part("es_time_to_threshold", "CartPole time-to-threshold: CUDA vs the numpy CPU path", cap, exp + 6,
                        {"env": "CartPole-v1", "arms": tts_arms, "seeds": seeds, "max_seconds": budget},
@@ -358,9 +360,10 @@ def summary_md(sections: list[dict[str, Any]], facts: dict[str, Any], mode: str,
         elif s["section"] == "es_throughput":
             out += ["", "Plain Gymnasium loop (one env, random actions): " + ", ".join(
                 f"{r['env']} {_f(r['steps_per_s'])} steps/s" for r in recs if r.get("kind") == "plain_gym"), ""]
-            out += _table(["env", "device", "population", "obs recorded", "env steps/s", "x plain loop", "mean episode",
-                           "longest", "seconds", "status"],
-                          [[r["env"], r.get("device"), r["population"], r.get("obs_recorded_fraction"), r.get("steps_per_s"),
+            out += _table(["env", "engine", "device", "population", "obs recorded", "env steps/s", "kernel env steps/s", "kernel (block, warps)",
+                           "x plain loop", "mean episode", "longest", "seconds", "status"],
+                          [[r["env"], r.get("engine", "torch"), r.get("device"), r["population"],
+                            r.get("obs_recorded_fraction"), r.get("steps_per_s"), r.get("kernel_steps_per_s"), r.get("kernel_best"),
                             r.get("ratio_vs_plain_gym"),
                             r.get("mean_episode_length"), r.get("longest_episode"), r.get("seconds"),
                             r["status"] + (" (CPU stand-in)" if r.get("stand_in") else "")

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from safetensors.numpy import load_file
 
 from esrl.config import ESConfig, RunConfig
+
+# Without a GPU, Triton kernels (esrl.es.fused) run in Triton's interpreter; it must be chosen before
+# anything imports triton, since triton.language's own functions are built at import.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def tiny_es(**kw: Any) -> ESConfig:

@@ -3,6 +3,7 @@
 The machine is lent rarely and for minutes; these tests keep the suite from rotting in between.
 """
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -53,6 +54,9 @@ def test_dry_run_writes_every_section_and_the_summary(tmp_path):
     # the same code ran: the torch rollout at tiny populations, the numpy path to the threshold, the RL arms
     assert {r["env"] for r in sec["es_throughput"]["records"] if r["kind"] == "throughput"
             and r["status"] == "measured"} == {"CartPole-v1", "Acrobot-v1", "Pendulum-v1"}
+    fused = [r for r in sec["es_throughput"]["records"] if r.get("engine") == "fused" and r["status"] == "measured"]
+    if importlib.util.find_spec("triton"):  # the fused kernel ran (in Triton's interpreter on the CPU), timed alone too
+        assert fused and all(r["env"] == "CartPole-v1" and r["kernel_steps_per_s"] > 0 for r in fused)
     assert any(r["status"] == "measured" and r["device"] == "cpu" for r in sec["es_time_to_threshold"]["records"])
     assert {r["arm"] for r in sec["rl_device"]["records"] if r["status"] == "measured"} == {
         "a3c:ga3c", "dqn:device", "a3c:hogwild", "dqn:hogwild"}
@@ -77,6 +81,7 @@ def test_the_full_plan_fits_eight_minutes_with_no_part_over_three():
     assert ds.BOOTSTRAP_CAP_S + sum(p["cap_s"] for p in parts) < ds.TOTAL_LIMIT_S
     by = {p["name"]: p for p in parts}
     assert by["es_throughput"]["params"]["populations"] == [4096, 16384, 65536, 262144, 1048576]
+    assert by["es_throughput"]["params"]["fused_populations"][-1] >= 1 << 24
     assert by["rl_device"]["params"]["workers"] == 14
     assert by["scaling_cartpole"]["params"]["workers"] == [1, 2, 4, 8, 14]
     assert by["es_time_to_threshold"]["params"]["seeds"] == 5

@@ -10,7 +10,9 @@ on the same device, not across devices or against the process backends.
 
 On the CPU the batch runs in numpy instead (`esrl.es.envs_np`, the numpy MLP of
 `esrl.es.policies`) wherever a numpy env exists: same equations, a tenth of torch's per-call
-cost, which dominates at a few hundred rows. Torch stays for CUDA.
+cost, which dominates at a few hundred rows. Torch stays for CUDA, where CartPole with the
+default one-hidden-layer MLP runs as one fused Triton kernel instead (`esrl.es.fused`: weights
+read from the noise table in place, whole episodes in registers, no host sync per step).
 """
 
 from __future__ import annotations
@@ -24,9 +26,12 @@ import torch
 
 from esrl import seeding
 from esrl.errors import InputError
+from esrl.es import fused
 from esrl.es.algorithm import ESReplica, ESSetup, obs_record_mask
 from esrl.es.envs_np import NUMPY_ENVS, make_numpy_env
 from esrl.es.envs_torch import TORCH_ENVS, make_torch_env
+
+ENGINES = ("auto", "torch", "fused")
 
 MAX_BATCH_FLOATS = 1 << 26  # members x params per chunk on the device
 COMPACT_BELOW = 0.5  # numpy path: drop finished rows once fewer than this fraction of the batch is live
@@ -60,9 +65,14 @@ def _forward_np(layers: list[tuple[np.ndarray, np.ndarray]], x: np.ndarray, mean
 @dataclass(frozen=True)
 class ESTorchSetup(ESSetup):
     device: str = "cpu"
-    engine: str = "auto"  # auto: numpy envs and policies on the CPU where a numpy env exists; torch: always torch
+    # auto: numpy envs and policies on the CPU where a numpy env exists, the fused kernel on CUDA where it
+    # supports the run (esrl.es.fused.supports), else torch; torch: always torch; fused: always the kernel
+    # (on the CPU only under TRITON_INTERPRET=1)
+    engine: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise InputError("engine", f"must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         kind = self.cfg.policy if self.cfg.policy != "auto" else ("cnn" if self.spec.image else "mlp")
         if kind != "mlp":
             raise InputError("policy", f"the vectorized backend batches MLP policies, not {kind}",
@@ -77,6 +87,11 @@ class ESTorchReplica(ESReplica):
         super().__init__(setup)
         self.device = torch.device(setup.device)
         self.engine = setup.engine
+        why_not = fused.supports(setup.spec.env_id, self.policy.layer_sizes, self.cfg.action_noise)
+        if self.engine == "fused" and why_not:
+            raise InputError("engine", f"fused: {why_not}", "auto or torch")
+        self.use_fused = self.engine == "fused" or (self.engine == "auto" and self.device.type == "cuda"
+                                                    and why_not is None)
         self.use_vector_entry = True  # Gymnasium's vector_entry_point where an env has one (tests turn it off)
         if self.device.type == "cpu":
             torch.set_num_threads(1)  # one core: small batched ops gain nothing from a thread pool
@@ -306,6 +321,30 @@ class ESTorchReplica(ESReplica):
         return {"returns": returns.cpu().numpy(), "lengths": lengths.cpu().numpy(),
                 "obs": [(int(i), obs_sum[i].cpu().numpy(), obs_sq[i].cpu().numpy(), int(obs_n[i])) for i in recorded]}
 
+    def fused_inputs(self, members: np.ndarray, t: int, seed: int, cap: int) -> dict[str, Any]:
+        """`fused.cartpole_episodes`' arguments for these members: the torch engine's initial states for this seed."""
+        offsets, slots, signs = self.addresses(t)
+        dev, n = self.device, len(members)
+        init = make_torch_env(self.setup.spec.env_id, n, str(dev), torch.float64, seed).initial(n).float()
+        mean, inv_std = (torch.from_numpy(np.asarray(x, np.float32)).to(dev) for x in self.normalizer())
+        table = self.table_dev()
+        return {"theta": torch.from_numpy(self.theta).to(dev), "table": table if table.dtype == torch.float32
+                else table.float(), "offsets": torch.from_numpy(offsets[slots[members]].astype(np.int64)).to(dev),
+                "signs": torch.from_numpy(signs[members].astype(np.float32)).to(dev), "init": init, "mean": mean,
+                "inv_std": inv_std, "hidden": self.policy.layer_sizes[0][1], "sigma": float(self.cfg.sigma),
+                "clip": float(self.cfg.obs_clip), "cap": min(int(cap), self.setup.spec.max_episode_steps)}
+
+    def _rollout_fused(self, members: np.ndarray, t: int, seed: int, cap: int, record: np.ndarray
+                       ) -> dict[str, Any]:
+        """The members' episodes by the fused kernel (weights read from the table in place)."""
+        out = fused.cartpole_episodes(**self.fused_inputs(members, t, seed, cap))
+        lengths = out["lengths"].cpu().numpy().astype(np.int64)
+        recorded = np.flatnonzero(record)
+        rec = torch.from_numpy(recorded).to(self.device)
+        s1, s2 = (out[k][rec].double().cpu().numpy() for k in ("obs_sum", "obs_sq"))
+        return {"returns": out["returns"].double().cpu().numpy(), "lengths": lengths,
+                "obs": [(int(i), s1[k], s2[k], int(lengths[i])) for k, i in enumerate(recorded)]}
+
     def run(self, task: tuple[str, int, int, int]) -> dict[str, Any]:
         """The population of iteration t is one batch: the first task of t runs it, the rest read it."""
         kind, t, lo, hi = task
@@ -328,7 +367,9 @@ class ESTorchReplica(ESReplica):
             m = np.arange(s, min(n, s + per_chunk))
             chunk_seed = seeding.derive_int(seed, "vector_episodes", t, s)
             rec = record[m]
-            if use_numpy:
+            if self.use_fused:  # no per-member weights materialised: the kernel reads the table in place
+                out = self._rollout_fused(m, t, chunk_seed, int(self.step_cap), rec)
+            elif use_numpy:
                 out = self._rollout_np(self.member_params(m), chunk_seed, np.full(len(m), int(self.step_cap)), rec)
             else:
                 out = self._rollout(self._params(m, t), chunk_seed, torch.full((len(m),), int(self.step_cap)), rec)
