@@ -81,6 +81,7 @@ class ESReplica:
         self.step_cap = setup.spec.max_episode_steps
         self.iteration = 0
         self._envs: list[Any] = []
+        self._addresses: tuple[int, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
 
     # --- evaluation -----------------------------------------------------------------------
     def envs_for(self, n: int) -> list[Any]:
@@ -154,14 +155,22 @@ class ESReplica:
         return self.theta[None, :] + np.float32(self.cfg.sigma) * eps
 
     def addresses(self, t: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(table offsets per slice, slice of each member, sign of each member) for iteration t."""
+        """(table offsets per slice, slice of each member, sign of each member) for iteration t.
+
+        Kept for the iteration in hand: a replica evaluating many tasks (or chunks) of one
+        iteration draws them once."""
+        if self._addresses is not None and self._addresses[0] == t:
+            return self._addresses[1]
         n = self.cfg.population
         if self.cfg.mirrored:
             offsets = noise.pair_offsets(self.setup.seed, t, n // 2, self.table_size, self.dim)
             members = np.arange(n)
-            return offsets, members // 2, np.where(members % 2 == 0, 1.0, -1.0).astype(np.float32)
-        offsets = noise.pair_offsets(self.setup.seed, t, n, self.table_size, self.dim)
-        return offsets, np.arange(n), np.ones(n, np.float32)
+            out = offsets, members // 2, np.where(members % 2 == 0, 1.0, -1.0).astype(np.float32)
+        else:
+            out = noise.pair_offsets(self.setup.seed, t, n, self.table_size, self.dim), np.arange(n), np.ones(
+                n, np.float32)
+        self._addresses = (t, out)
+        return out
 
     # --- update ---------------------------------------------------------------------------
     def apply(self, update: Update) -> float:

@@ -94,10 +94,10 @@ def _task_fit(replica: Any, t: int, pop: int) -> tuple[float, float, dict[str, A
     replica.run(("pop", t, 0, max(sizes)))  # builds the envs
     rows, took = [], []
     for n in sizes:
-        task = ("pop", t, 0, n)
+        task: tuple[str, int, int, int] = ("pop", t, 0, n)
         r = replica.run(task)
         rows.append((float(r["lengths"].sum()), float(r["lengths"].max())))
-        took.append(seconds(lambda task=task: replica.run(task), 5, budget_s=0.3))
+        took.append(seconds(partial(replica.run, task), 5, budget_s=0.3))
     a, y = np.array(rows), np.array(took)
     (row, call), *_ = np.linalg.lstsq(a / y[:, None], np.ones(len(y)), rcond=None)
     if row < 0 or call < 0:  # one term explains it: per step of the batch, or per member step
