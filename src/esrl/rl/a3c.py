@@ -7,6 +7,7 @@ updates: the stale-gradient bug of many public A3Cs cannot happen here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,6 +105,70 @@ def gradient(model: nets.ActorCritic, batch: tuple[torch.Tensor, ...], cfg: A3CC
     return grad, {k: v.detach() for k, v in terms.items()}
 
 
+Forward = Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor]]  # observations -> (policy outputs, values)
+
+
+def sample_actions(out: torch.Tensor, log_std: torch.Tensor | None, gen: torch.Generator, discrete: bool
+                   ) -> torch.Tensor:
+    """Actions from policy outputs: categorical over logits, or Gaussian around the mean."""
+    if discrete:
+        return torch.multinomial(torch.softmax(out, -1), 1, generator=gen).squeeze(-1)
+    assert log_std is not None
+    return out + log_std.exp() * torch.randn(out.shape, generator=gen)
+
+
+def env_actions(spec: EnvSpec, actions: torch.Tensor) -> Any:
+    """What the envs take: ints, or the Gaussian sample clipped into the action bounds."""
+    if spec.discrete:
+        return actions.tolist()
+    return np.clip(actions.numpy(), spec.low, spec.high)
+
+
+@dataclass
+class Trajectory:
+    """`t_len` steps of every env slot: (t_len, envs, ...) tensors."""
+
+    obs: torch.Tensor
+    actions: torch.Tensor
+    rewards: torch.Tensor  # training rewards; a truncated episode's last one bootstrapped from its final value
+    terminal: torch.Tensor  # a bootstrapped truncation counts as terminal
+    values: torch.Tensor  # the values that came with the actions
+    last: tuple[torch.Tensor, torch.Tensor]  # outputs and values of the observations after the last step
+
+
+def rollout(envs: EnvSlots, t_len: int, forward: Forward, sample: Callable[[torch.Tensor], torch.Tensor],
+            gamma: float, clip_rewards: bool, report: Report,
+            first: tuple[torch.Tensor, torch.Tensor] | None = None) -> Trajectory:
+    """The acting of A3C and GA3C: `forward` is the worker's own model, or GA3C's round trip to the predictor.
+
+    `first`: the outputs and values of the current observations where the caller has them
+    (GA3C carries the last prediction over); else they are computed.
+    """
+    spec, e = envs.spec, len(envs.envs)
+    obs_buf = torch.zeros(t_len, e, spec.obs_dim)
+    rew_buf, val_buf = torch.zeros(t_len, e), torch.zeros(t_len, e)
+    term_buf = torch.zeros(t_len, e, dtype=torch.bool)
+    acts: list[torch.Tensor] = []
+    out, value = first if first is not None else forward(envs.obs)
+    for t in range(t_len):
+        obs_buf[t], val_buf[t] = torch.from_numpy(envs.obs), value
+        actions = sample(out)
+        acts.append(actions)
+        boot: dict[int, np.ndarray] = {}
+        _, rewards, terminal = envs.step(env_actions(spec, actions), report, boot.__setitem__)
+        rew = torch.from_numpy(training_rewards(rewards, clip_rewards))
+        if boot:  # truncated episodes bootstrap from the value of their last observation
+            rows = sorted(boot)
+            v_final = forward(np.stack([boot[i] for i in rows]))[1]
+            for j, i in enumerate(rows):
+                rew[i] += gamma * v_final[j]
+                terminal[i] = True
+        rew_buf[t] = rew
+        term_buf[t] = torch.from_numpy(terminal)
+        out, value = forward(envs.obs)  # the next step's action, and the bootstrap of the last step
+    return Trajectory(obs_buf, torch.stack(acts), rew_buf, term_buf, val_buf, (out, value))
+
+
 class A3CWorker:
     """One A3C worker: `step()` is one update (pull, n env steps, gradient, push)."""
 
@@ -119,16 +184,8 @@ class A3CWorker:
         self.clip_rewards = self.cfg.clip_rewards == "on"
 
     def sample(self, out: torch.Tensor) -> torch.Tensor:
-        if self.setup.spec.discrete:
-            return torch.multinomial(torch.softmax(out, -1), 1, generator=self.gen).squeeze(-1)
-        std = self.model.log_std.exp()
-        return out + std * torch.randn(out.shape, generator=self.gen)
-
-    def to_env(self, actions: torch.Tensor) -> Any:
-        spec = self.setup.spec
-        if spec.discrete:
-            return actions.tolist()
-        return np.clip(actions.numpy(), spec.low, spec.high)
+        return sample_actions(out, None if self.setup.spec.discrete else self.model.log_std, self.gen,
+                              self.setup.spec.discrete)
 
     def step(self) -> Report:
         cfg, report = self.cfg, Report()
@@ -137,31 +194,16 @@ class A3CWorker:
         if self.obs is not None:  # fixed for the whole update: acting and the gradient see one normalization
             nets.set_normalizer(self.model, self.obs.stat)
         t_len, e = cfg.n_steps, cfg.envs_per_worker
-        obs_buf = torch.zeros(t_len, e, self.setup.spec.obs_dim)
-        act_buf: list[torch.Tensor] = []
-        rew_buf = torch.zeros(t_len, e)
-        term_buf = torch.zeros(t_len, e, dtype=torch.bool)
         with torch.no_grad():
-            for t in range(t_len):
-                obs_buf[t] = torch.from_numpy(self.envs.obs)
-                out, _ = self.model(obs_buf[t])
-                actions = self.sample(out)
-                act_buf.append(actions)
-                boot: dict[int, np.ndarray] = {}
-                _, rewards, terminal = self.envs.step(self.to_env(actions), report, boot.__setitem__)
-                rew = torch.from_numpy(training_rewards(rewards, self.clip_rewards))
-                for i, final_obs in boot.items():  # truncated: bootstrap from the last observation
-                    rew[i] += cfg.gamma * self.model(torch.from_numpy(final_obs))[1]
-                    terminal[i] = True
-                rew_buf[t] = rew
-                term_buf[t] = torch.from_numpy(terminal)
-            last_value = self.model(torch.from_numpy(self.envs.obs))[1]
+            tr = rollout(self.envs, t_len, lambda x: self.model(torch.from_numpy(x)), self.sample, cfg.gamma,
+                         self.clip_rewards, report)
+            obs_buf = tr.obs
             values = self.model(obs_buf.view(t_len * e, -1))[1].view(t_len, e)
-            adv, returns = gae(rew_buf, values, term_buf, last_value, cfg.gamma, cfg.gae_lambda)
+            adv, returns = gae(tr.rewards, values, tr.terminal, tr.last[1], cfg.gamma, cfg.gae_lambda)
         if self.obs is not None:  # what this update saw normalizes the next one
             self.obs.add(obs_buf.view(t_len * e, -1).numpy())
             report.obs = self.obs.take()
-        acts = torch.stack(act_buf).view(t_len * e, -1)
+        acts = tr.actions.view(t_len * e, -1)
         batch = (obs_buf.view(t_len * e, -1), acts.squeeze(-1) if self.setup.spec.discrete else acts,
                  adv.view(-1), returns.view(-1))
         self.last_batch = batch

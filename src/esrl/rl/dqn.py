@@ -101,7 +101,9 @@ class QLearner:
         nets.set_flat(self.q, self.flat)
         epoch = version // self.cfg.target_update
         if epoch != self.target_epoch:
-            nets.set_flat(self.target, self.flat)
+            # a copy: set_flat makes the parameters views of the vector it is given, and every pull
+            # overwrites self.flat in place; the target would follow the online network step for step
+            nets.set_flat(self.target, self.flat.clone())
             self.target_epoch = epoch
         grad, loss = td_gradient(self.q, self.target, batch, self.cfg.gamma, self.cfg.double, self.cfg.max_grad_norm)
         self.updates += 1

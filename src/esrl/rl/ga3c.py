@@ -27,7 +27,7 @@ import torch
 
 from esrl import seeding
 from esrl.rl import a3c
-from esrl.rl.common import EnvSlots, NonFiniteError, Report, training_rewards
+from esrl.rl.common import EnvSlots, NonFiniteError, Report
 from esrl.rl.device_pool import ActorLink, DeviceArrangement
 
 
@@ -54,60 +54,40 @@ class GA3C(DeviceArrangement):
             end.close()
 
     def _act(self, link: ActorLink, reply: Any) -> None:
+        """A3C's acting (`a3c.rollout`), each forward a round trip to the predictor."""
         setup, cfg, wid = self.setup, self.cfg, link.wid
         spec = setup.spec
         envs = EnvSlots(spec, cfg.envs_per_worker, setup.seed, "a3c_episode", wid)
         gen = torch.Generator().manual_seed(seeding.derive_int(setup.seed, "ga3c_actions", wid))
         t_len, e = cfg.n_steps, cfg.envs_per_worker
+        got: dict[str, Any] = {"log_std": None, "versions": [], "wait_s": 0.0}
 
-        def predict(obs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
+        def predict(obs: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+            t0 = time.perf_counter()
             link.send(self.predictions, "observations", (wid, obs))
             raw = reply.recv_bytes()
+            got["wait_s"] += time.perf_counter() - t0
             link.traffic.received["predictions"] += len(raw)
             link.traffic.messages += 1
-            return pickle.loads(raw)
+            out, value, got["log_std"], version = pickle.loads(raw)
+            got["versions"].append(version)
+            return torch.from_numpy(out), torch.from_numpy(value)
 
-        out, value, log_std, version = predict(envs.obs)
+        def sample(out: torch.Tensor) -> torch.Tensor:
+            log_std = got["log_std"]
+            return a3c.sample_actions(out, None if log_std is None else torch.from_numpy(log_std), gen, spec.discrete)
+
+        last = predict(envs.obs)
         while link.ready():  # a pause holds the actor between trajectories
             t0 = time.perf_counter()
-            obs_buf = np.zeros((t_len, e, spec.obs_dim), np.float32)
-            act_buf = np.zeros((t_len, e) if spec.discrete else (t_len, e, spec.act_dim), np.int64 if spec.discrete
-                               else np.float32)
-            rew_buf, val_buf = np.zeros((t_len, e), np.float32), np.zeros((t_len, e), np.float32)
-            term_buf = np.zeros((t_len, e), bool)
-            oldest = version
-            report = link.acc
-            for t in range(t_len):
-                obs_buf[t], val_buf[t] = envs.obs, value
-                o = torch.from_numpy(out)
-                if spec.discrete:
-                    act = torch.multinomial(torch.softmax(o, -1), 1, generator=gen).squeeze(-1).numpy()
-                    env_act: Any = act.tolist()
-                else:
-                    assert log_std is not None
-                    act = (o + torch.from_numpy(log_std).exp() * torch.randn(o.shape, generator=gen)).numpy()
-                    env_act = np.clip(act, spec.low, spec.high)
-                act_buf[t] = act
-                boot: dict[int, np.ndarray] = {}
-                _, rewards, terminal = envs.step(env_act, report, boot.__setitem__)
-                rewards = training_rewards(rewards, cfg.clip_rewards == "on")
-                if boot:  # truncated episodes bootstrap from the value of their last observation
-                    rows = sorted(boot)
-                    _, v_final, _, _ = predict(np.stack([boot[i] for i in rows]))
-                    for j, i in enumerate(rows):
-                        rewards[i] += cfg.gamma * v_final[j]
-                        terminal[i] = True
-                rew_buf[t], term_buf[t] = rewards, terminal
-                link.traffic.compute_s += time.perf_counter() - t0
-                out, value, log_std, version = predict(envs.obs)  # also the bootstrap of the last step
-                t0 = time.perf_counter()
-                oldest = min(oldest, version)
-            _, returns = a3c.gae(torch.from_numpy(rew_buf), torch.from_numpy(val_buf), torch.from_numpy(term_buf),
-                                 torch.from_numpy(value), cfg.gamma, cfg.gae_lambda)
-            link.send(self.experience, "experience", (oldest, obs_buf.reshape(t_len * e, -1),
-                                                      act_buf.reshape(t_len * e, *act_buf.shape[2:]),
+            got["versions"], got["wait_s"] = got["versions"][-1:], 0.0  # the carried prediction's version counts
+            tr = a3c.rollout(envs, t_len, predict, sample, cfg.gamma, cfg.clip_rewards == "on", link.acc, first=last)
+            last = tr.last
+            _, returns = a3c.gae(tr.rewards, tr.values, tr.terminal, last[1], cfg.gamma, cfg.gae_lambda)
+            link.send(self.experience, "experience", (min(got["versions"]), tr.obs.numpy().reshape(t_len * e, -1),
+                                                      tr.actions.numpy().reshape(t_len * e, *tr.actions.shape[2:]),
                                                       returns.numpy().reshape(-1)))
-            link.traffic.compute_s += time.perf_counter() - t0
+            link.traffic.compute_s += time.perf_counter() - t0 - got["wait_s"]
             link.maybe_report()
 
     # --- the device side (threads in the coordinator) -----------------------------------------
