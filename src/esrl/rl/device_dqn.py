@@ -82,7 +82,7 @@ class DeviceDQN(DeviceArrangement):
         self.replay = DeviceReplay(self.cfg.buffer_size, self.setup.spec.obs_dim, self.device,
                                    obs_dtype(self.setup.spec))
         self.target = self.setup.build_model().to(self.device)
-        nets.set_flat(self.target, self.flat)
+        nets.set_flat(self.target, self.flat.clone())  # a copy: set_flat makes the module a view of its vector
         self.per_update = self.cfg.n_steps * self.cfg.envs_per_worker
         self.produced = Counter(self.ctx)  # transitions the actors have sent
         self.allowed = Counter(self.ctx, self._allowance(0))  # transitions they may have sent so far
@@ -92,7 +92,7 @@ class DeviceDQN(DeviceArrangement):
 
     def load(self, params: torch.Tensor, state: dict[str, torch.Tensor], version: int) -> None:
         super().load(params, state, version)
-        nets.set_flat(self.target, self.flat)
+        nets.set_flat(self.target, self.flat.clone())  # a copy: set_flat makes the module a view of its vector
         self._publish()
 
     def _publish(self) -> None:
@@ -188,7 +188,7 @@ class DeviceDQN(DeviceArrangement):
             if version // cfg.target_update != target_epoch:
                 target_epoch = version // cfg.target_update
                 with self.lock:
-                    nets.set_flat(self.target, self.flat)
+                    nets.set_flat(self.target, self.flat.clone())
             if version % PUBLISH_EVERY == 0:
                 self._publish()
             rep = Report(updates=1)

@@ -142,6 +142,8 @@ def get_flat(module: nn.Module) -> torch.Tensor:
 
 @torch.no_grad()
 def set_flat(module: nn.Module, flat: torch.Tensor) -> None:
+    """Point the module's parameters at slices of `flat` (views, not copies: the module follows every
+    in-place change of `flat`; pass `flat.clone()` for a module that must hold still, as a target network)."""
     vector_to_parameters(flat, module.parameters())
 
 
