@@ -19,6 +19,7 @@ first copy counts as start-up, kind "state"; later ones as "parameters").
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import queue
 import time
@@ -29,9 +30,9 @@ import torch
 
 from esrl import seeding
 from esrl.rl import nets
-from esrl.rl.common import EnvSlots, NonFiniteError, Report, training_rewards
+from esrl.rl.common import NonFiniteError, Report
 from esrl.rl.device_pool import ActorLink, DeviceArrangement
-from esrl.rl.dqn import td_gradient
+from esrl.rl.dqn import EpsilonGreedy, td_gradient
 from esrl.rl.replay import obs_dtype
 from esrl.shm import Counter, ProcessLock
 
@@ -105,12 +106,11 @@ class DeviceDQN(DeviceArrangement):
         return (lambda link: self._act(link)), [self.transitions]
 
     def _act(self, link: ActorLink) -> None:
-        setup, cfg, wid = self.setup, self.cfg, link.wid
+        """The CPU DQN worker's acting (`dqn.EpsilonGreedy`), with a copy refreshed from what the learner published."""
+        setup, cfg = self.setup, self.cfg
         q = setup.build_model()
-        envs = EnvSlots(setup.spec, cfg.envs_per_worker, setup.seed, "dqn_episode", wid)
-        rng = seeding.rng(setup.seed, "dqn_explore", wid)
-        eps_final = cfg.eps_final ** (1 + wid / max(1, self.n - 1)) if self.n > 1 else cfg.eps_final
-        steps, have = setup.start_steps, -1
+        actor = EpsilonGreedy(dataclasses.replace(setup, workers=self.n), link.wid)  # its epsilon among n actors
+        have = -1
         flat = torch.zeros_like(self.published)
         first = True  # the copy an actor starts from
         while link.ready():  # a pause holds the actor between batches of transitions
@@ -128,24 +128,11 @@ class DeviceDQN(DeviceArrangement):
                 link.traffic.startup += nbytes if first else 0
                 link.traffic.messages += 1
                 first = False
-            cols: list[list[np.ndarray]] = [[], [], [], [], []]
-            for _ in range(cfg.n_steps):
-                obs = envs.obs.copy()
-                with torch.no_grad():
-                    greedy = q(torch.from_numpy(obs)).argmax(-1).numpy()
-                eps = cfg.eps_start + min(1.0, steps / cfg.eps_decay_steps) * (eps_final - cfg.eps_start)
-                actions = np.where(rng.random(len(obs)) < eps, rng.integers(0, setup.spec.act_dim, len(obs)), greedy)
-                finals: dict[int, np.ndarray] = {}
-                nxt, rewards, terminal = envs.step(actions.tolist(), link.acc, finals.__setitem__)
-                for i, final in finals.items():  # truncated: the true next state, not the reset one
-                    nxt[i] = final
-                rewards = training_rewards(rewards, cfg.clip_rewards == "on")
-                for c, v in zip(cols, (obs, actions, rewards, nxt, terminal.astype(np.float32)), strict=True):
-                    c.append(v)
-                steps += len(obs)
-            link.acc.counts["real_transitions"] = link.acc.counts.get("real_transitions", 0) + sum(map(len, cols[0]))
-            link.send(self.transitions, "experience", (have, *(np.concatenate(c) for c in cols)))
-            self.produced.add(len(obs) * cfg.n_steps)
+            steps = [actor.step(q, link.acc) for _ in range(cfg.n_steps)]
+            cols = [np.concatenate(c) for c in zip(*steps, strict=True)]
+            link.acc.counts["real_transitions"] = link.acc.counts.get("real_transitions", 0) + len(cols[0])
+            link.send(self.transitions, "experience", (have, *cols))
+            self.produced.add(len(cols[0]))
             link.traffic.compute_s += time.perf_counter() - t0
             link.maybe_report()
 

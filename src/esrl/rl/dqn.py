@@ -114,6 +114,48 @@ class QLearner:
         report.add_loss(**{name: float(loss)})
 
 
+class EpsilonGreedy:
+    """A DQN actor's acting: its envs, its epsilon schedule and its exploration stream.
+
+    The CPU worker and the device arrangement's actor of the same index act alike: worker
+    `index` anneals epsilon from `eps_start` to `eps_final ** (1 + index / (workers - 1))`
+    (Ape-X's spread of epsilons) over `eps_decay_steps` of its own steps.
+    """
+
+    def __init__(self, setup: DQNSetup, index: int, role: str = "dqn") -> None:
+        cfg = setup.cfg
+        self.cfg, self.spec = cfg, setup.spec
+        self.envs = EnvSlots(setup.spec, cfg.envs_per_worker, setup.seed, f"{role}_episode", index)
+        self.rng = seeding.rng(setup.seed, f"{role}_explore", index)
+        n = max(1, setup.workers - 1)
+        self.eps_final = cfg.eps_final ** (1 + index / n) if setup.workers > 1 else cfg.eps_final
+        self.steps = setup.start_steps
+        self.clip_rewards = cfg.clip_rewards == "on"
+
+    def epsilon(self) -> float:
+        frac = min(1.0, self.steps / self.cfg.eps_decay_steps)
+        return float(self.cfg.eps_start + frac * (self.eps_final - self.cfg.eps_start))
+
+    def act(self, q: nets.QNet, obs: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            greedy = q(torch.from_numpy(obs)).argmax(-1).numpy()
+        explore = self.rng.random(len(obs)) < self.epsilon()
+        return np.where(explore, self.rng.integers(0, self.spec.act_dim, len(obs)), greedy)
+
+    def step(self, q: nets.QNet, report: Report) -> tuple[np.ndarray, ...]:
+        """One step of every env: (obs, actions, training rewards, next obs, terminal as float32).
+
+        A truncated episode's next observation is its true last one, not the reset one."""
+        obs = self.envs.obs.copy()
+        actions = self.act(q, obs)
+        finals: dict[int, np.ndarray] = {}
+        nxt, rewards, terminal = self.envs.step(actions.tolist(), report, finals.__setitem__)
+        for i, final in finals.items():
+            nxt[i] = final
+        self.steps += len(obs)
+        return obs, actions, training_rewards(rewards, self.clip_rewards), nxt, terminal.astype(np.float32)
+
+
 class DQNWorker:
     """One actor-learner: `step()` acts `n_steps` per env, then makes one update once replay is warm."""
 
@@ -125,44 +167,26 @@ class DQNWorker:
         self.learner = QLearner(setup, index, client)
         self.replay = setup.replay if setup.replay is not None else Replay(
             cfg.buffer_size, setup.spec.obs_dim, obs_dtype=obs_dtype(setup.spec))
-        self.envs = EnvSlots(setup.spec, cfg.envs_per_worker, setup.seed, f"{self.role}_episode", index)
-        self.rng = seeding.rng(setup.seed, f"{self.role}_explore", index)
+        self.actor = EpsilonGreedy(setup, index, self.role)
         self.gen = torch.Generator().manual_seed(seeding.derive_int(setup.seed, f"{self.role}_sample", index))
-        n = max(1, setup.workers - 1)
-        self.eps_final = cfg.eps_final ** (1 + index / n) if setup.workers > 1 else cfg.eps_final
-        self.steps = setup.start_steps
         # replay keeps raw observations: each sample is normalized with the statistics of the update that uses it
         self.obs = RunningObs(setup.spec, setup.obs_stat) if self.learner.q.norm.enabled else None
-        self.clip_rewards = cfg.clip_rewards == "on"
 
     @property
     def updates(self) -> int:
         return self.learner.updates
 
-    def epsilon(self) -> float:
-        frac = min(1.0, self.steps / self.cfg.eps_decay_steps)
-        return float(self.cfg.eps_start + frac * (self.eps_final - self.cfg.eps_start))
-
-    def act(self, obs: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            greedy = self.learner.q(torch.from_numpy(obs)).argmax(-1).numpy()
-        explore = self.rng.random(len(obs)) < self.epsilon()
-        return np.where(explore, self.rng.integers(0, self.setup.spec.act_dim, len(obs)), greedy)
+    @property
+    def eps_final(self) -> float:
+        return self.actor.eps_final
 
     def collect(self, report: Report) -> None:
         """n_steps env steps per env, their transitions into replay."""
         for _ in range(self.cfg.n_steps):
-            obs = self.envs.obs.copy()
-            actions = self.act(obs)
-            finals: dict[int, np.ndarray] = {}
-            nxt, rewards, terminal = self.envs.step(actions.tolist(), report, finals.__setitem__)
-            for i, final in finals.items():  # truncated: the true next state, not the reset one
-                nxt[i] = final
+            obs, actions, rewards, nxt, terminal = self.actor.step(self.learner.q, report)
             if self.obs is not None:
                 self.obs.add(obs)
-            self.replay.add(obs, actions, training_rewards(rewards, self.clip_rewards), nxt,
-                            terminal.astype(np.float32))
-            self.steps += len(obs)
+            self.replay.add(obs, actions, rewards, nxt, terminal)
             report.counts["real_transitions"] = report.counts.get("real_transitions", 0) + len(obs)
 
     def step(self) -> Report:
