@@ -31,8 +31,12 @@ def _fmt(x: float | None, digits: int = 2) -> str:
     return "-" if x is None else f"{x:,.{digits}f}"
 
 
-def time_to_solve_table(records: list[dict[str, Any]]) -> str:
-    """One row per (env, arm, backend, workers): confirmed solves, median and range of time and env steps."""
+def time_to_solve_table(records: list[dict[str, Any]], withdrawn: dict[str, str] | None = None) -> str:
+    """One row per (env, arm, backend, workers): confirmed solves, median and range of time and env steps.
+
+    `withdrawn`: algorithm -> why its rows measured at the commits listed in it are left out (a bug
+    found later); rows of that algorithm from other commits stay."""
+    withdrawn = withdrawn or {}
     metas = [r for r in records if r.get("bench") == "time_to_solve_meta"]
     runs = [r for r in records if r.get("bench") == "time_to_solve"]
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
@@ -42,6 +46,8 @@ def time_to_solve_table(records: list[dict[str, Any]]) -> str:
         if r.get("bench") == "time_to_solve_meta":
             meta = r
         elif r.get("bench") == "time_to_solve":
+            if r["algo"] in withdrawn and meta.get("commit") in withdrawn[r["algo"]].split(":")[0].split(","):
+                continue
             opts = "".join(f" {k}={v}" for k, v in sorted((r.get("options") or {}).items()))
             key = (r["env"], r["algo"] + (f":{r['sync']}" if r.get("sync") else "") + opts,
                    r.get("backend", "processes"), r["workers"])
@@ -65,7 +71,10 @@ def time_to_solve_table(records: list[dict[str, Any]]) -> str:
                     f"{sum(bool(r['solved']) for r in rs)}/{len(rs)} | {len(ok)}/{len(rs)} | {t} | {st} | "
                     f"{m.get('max_seconds', '-'):g} s | {m.get('commit', '?')}, {m.get('date', '?')} |")
     loads = sorted({round(m.get("load_avg_1m", 0.0), 1) for m in metas})
-    return "\n".join(rows) + f"\n\nLoad average (1 min) when each benchmark started: {', '.join(map(str, loads))}.\n"
+    notes = "".join(f"\nWithdrawn: the {algo} rows measured at {spec.split(':', 1)[0].replace(',', ', ')}: "
+                    f"{spec.split(':', 1)[1].strip()}\n" for algo, spec in sorted(withdrawn.items()))
+    return ("\n".join(rows) + f"\n\nLoad average (1 min) when each benchmark started: {', '.join(map(str, loads))}.\n"
+            + notes)
 
 
 RENDERERS = {"time_to_solve": time_to_solve_table}
@@ -76,13 +85,16 @@ def main() -> None:
     parser.add_argument("name", choices=sorted(RENDERERS))
     parser.add_argument("inputs", nargs="+", help="JSON-lines files a benchmark printed")
     parser.add_argument("--doc", default="docs/benchmarks.md")
+    parser.add_argument("--withdraw", action="append", default=[], metavar="ALGO=COMMIT[,COMMIT]:WHY",
+                        help="leave out ALGO's rows measured at those commits, saying why under the table")
     args = parser.parse_args()
     doc = Path(args.doc)
     text = doc.read_text()
     begin, end = f"<!-- generated:{args.name} -->", f"<!-- end:{args.name} -->"
     if begin not in text or end not in text:
         raise SystemExit(f"{doc} has no {begin} ... {end} block")
-    table = RENDERERS[args.name](_lines(args.inputs))
+    withdrawn = dict(w.split("=", 1) for w in args.withdraw)
+    table = RENDERERS[args.name](_lines(args.inputs), withdrawn)
     text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: f"{begin}\n{table}{end}", text, flags=re.S)
     doc.write_text(text)
 
