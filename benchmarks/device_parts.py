@@ -207,8 +207,9 @@ def es_throughput(part: Part) -> None:
         t_start = time.perf_counter()
         pop = cfg.population
         rep = ESTorchSetup(cfg, spec, 0, device=device, engine=engine).build()
-        per_member = 64 if engine == "fused" else min(pop, MAX_BATCH_FLOATS // rep.dim) * rep.dim * 28 / pop
-        need = pop * per_member + rep.table_size * 4  # fused: init, offsets, outputs; torch: params, index, copies
+        # fused: initial states, offsets and outputs per member; torch: a chunk's params, index and copies
+        batch = pop * 64 if engine == "fused" else min(pop, MAX_BATCH_FLOATS // rep.dim) * rep.dim * 28
+        need = batch + rep.table_size * 4
         if free is not None and need > 0.8 * free:
             return {"status": "skipped", "engine": engine, "reason": f"needs about {need / 2**30:.1f} GiB of GPU "
                     f"memory, {free / 2**30:.1f} GiB free"}, 0.0

@@ -327,10 +327,9 @@ class ESTorchReplica(ESReplica):
         dev, n = self.device, len(members)
         init = make_torch_env(self.setup.spec.env_id, n, str(dev), torch.float64, seed).initial(n).float()
         mean, inv_std = (torch.from_numpy(np.asarray(x, np.float32)).to(dev) for x in self.normalizer())
-        table = self.table_dev()
-        return {"theta": torch.from_numpy(self.theta).to(dev), "table": table if table.dtype == torch.float32
-                else table.float(), "offsets": torch.from_numpy(offsets[slots[members]].astype(np.int64)).to(dev),
-                "signs": torch.from_numpy(signs[members].astype(np.float32)).to(dev), "init": init, "mean": mean,
+        return {"theta": torch.from_numpy(self.theta).to(dev), "table": self.table_dev(),  # float32, as the kernel reads
+                "offsets": torch.from_numpy(offsets[slots[members]]).to(dev),  # int64
+                "signs": torch.from_numpy(signs[members]).to(dev), "init": init, "mean": mean,
                 "inv_std": inv_std, "hidden": self.policy.layer_sizes[0][1], "sigma": float(self.cfg.sigma),
                 "clip": float(self.cfg.obs_clip), "cap": min(int(cap), self.setup.spec.max_episode_steps)}
 
