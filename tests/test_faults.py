@@ -132,3 +132,48 @@ def test_workers_die_with_a_killed_coordinator(tmp_path):
         time.sleep(0.05)
     assert not any(Path(f"/proc/{c}").exists() and "Z" not in Path(f"/proc/{c}/stat").read_text().split()[2]
                    for c in children)
+
+
+def _late_child(pidfile: str) -> None:
+    import time
+
+    from esrl.shm import die_with_parent
+
+    while os.getppid() == int(Path(pidfile).read_text()):  # the parent dies before this child asks
+        time.sleep(0.01)
+    die_with_parent()
+    time.sleep(60)  # reached only if die_with_parent let an orphan live
+
+
+def _parent_that_dies(pidfile: str, childfile: str) -> None:
+    import multiprocessing as mp
+
+    Path(pidfile).write_text(str(os.getpid()))
+    child = mp.get_context("fork").Process(target=_late_child, args=(pidfile,))
+    child.start()
+    Path(childfile).write_text(str(child.pid))
+    os._exit(0)
+
+
+def test_a_worker_whose_parent_died_before_it_asked_exits(tmp_path):
+    """PR_SET_PDEATHSIG only covers a parent that dies later: a worker orphaned while it was still
+    starting (the coordinator SIGKILLed within milliseconds of the fork) must notice and exit."""
+    import multiprocessing as mp
+    import time
+
+    pidfile, childfile = tmp_path / "parent", tmp_path / "child"
+    proc = mp.get_context("fork").Process(target=_parent_that_dies, args=(str(pidfile), str(childfile)))
+    proc.start()
+    proc.join(10)
+    pid = int(childfile.read_text())
+    deadline = time.monotonic() + 10
+
+    def alive() -> bool:
+        try:
+            return "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
+        except OSError:
+            return False
+
+    while time.monotonic() < deadline and alive():
+        time.sleep(0.05)
+    assert not alive()

@@ -132,6 +132,7 @@ def die_with_parent() -> None:
     this a SIGKILLed coordinator would leave them running (or blocked) forever.
     """
     import ctypes
+    import multiprocessing
     import signal
     import sys
 
@@ -141,4 +142,9 @@ def die_with_parent() -> None:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
     except OSError:
-        pass
+        return
+    # The request only covers a parent that dies from now on: one that died between the fork and
+    # the prctl (a SIGKILL while this child was still starting) has already handed it to init.
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:
+        os._exit(1)
