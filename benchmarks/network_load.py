@@ -81,9 +81,11 @@ def main() -> None:
         args.algos, args.workers, args.sizes = "es,a3c", [2], ["1k", "100k"]
     sync = args.sync or ("param-server" if args.backend == "ray" else "hogwild")
     if args.backend == "ray":  # one local instance (127.0.0.1) for every run; each run's actors start afresh
-        from esrl.backends.ray_pool import init
+        import os
 
-        init(None, max(args.workers))
+        from esrl.backends.ray_backend import init
+
+        init(None, num_cpus=max(max(args.workers), os.cpu_count() or 1))
     for algo in args.algos.split(","):
         for size in args.sizes:
             for workers in args.workers:

@@ -130,7 +130,7 @@ def test_a_dead_ga3c_actor_ends_the_run_with_its_name():
     import time
 
     from esrl import envs
-    from esrl.backends.pool import WorkerFailure
+    from esrl.backends.base import WorkerFailure
     from esrl.rl import nets
     from esrl.rl.a3c import A3CSetup
     from esrl.rl.common import optim_spec

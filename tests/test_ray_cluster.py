@@ -41,7 +41,7 @@ def test_run_spans_both_nodes_and_survives_losing_one(cluster):
     backend = RayBackend(2, address=c.address)
     backend.start(setup, master.get_state)
     try:
-        assert len(set(backend.nodes())) == 2  # the actors really sit on two nodes
+        assert len(set(backend.nodes().values())) == 2  # the actors really sit on two nodes
         for t in range(2):
             _iteration(backend, master, cfg, t)
         c.remove_node(nodes[0])
@@ -61,7 +61,7 @@ def test_dqn_workers_span_both_nodes_around_one_replay_and_parameter_server(clus
     import multiprocessing as mp
     import time
 
-    from esrl.backends import ray_pool
+    from esrl.backends.ray_backend import RayBackend, rl_store
     from esrl.config import DQNConfig
     from esrl.rl import nets
     from esrl.rl.common import optim_spec
@@ -73,9 +73,10 @@ def test_dqn_workers_span_both_nodes_around_one_replay_and_parameter_server(clus
     cfg = DQNConfig(hidden=(16,), learning_starts=64, batch_size=32, target_update=20, sync="param-server",
                     replay="global")
     setup = DQNSetup(cfg, envs.spec_of("CartPole-v1"), 0).attach(mp.get_context("fork"), 2)
-    store, pool = ray_pool.make(setup, nets.get_flat(setup.build_model()), optim_spec(cfg), 2, 2, 0, False)
+    pool = RayBackend(2, max_restarts=0)
+    setup, store = rl_store(setup, nets.get_flat(setup.build_model()), optim_spec(cfg), 2, pool)
     try:
-        pool.start()
+        pool.start(setup, store=store)
         counted, end = 0, time.monotonic() + 60
         while counted < 50 and time.monotonic() < end:
             counted += sum(r.updates for r in pool.poll(0.05))
@@ -92,7 +93,7 @@ def test_dqn_workers_span_both_nodes_around_one_replay_and_parameter_server(clus
 def test_a3c_goes_on_when_a_worker_node_is_removed(cluster):
     import time
 
-    from esrl.backends import ray_pool
+    from esrl.backends.ray_backend import RayBackend, rl_store
     from esrl.config import A3CConfig
     from esrl.rl import nets
     from esrl.rl.a3c import A3CSetup
@@ -104,7 +105,8 @@ def test_a3c_goes_on_when_a_worker_node_is_removed(cluster):
     c.wait_for_nodes()
     cfg = A3CConfig(hidden=(16,), envs_per_worker=2, sync="param-server")
     setup = A3CSetup(cfg, envs.spec_of("CartPole-v1"), 0)
-    store, pool = ray_pool.make(setup, nets.get_flat(setup.build_model()), optim_spec(cfg), 1, 2, 2, False)
+    pool = RayBackend(2, max_restarts=2)
+    setup, store = rl_store(setup, nets.get_flat(setup.build_model()), optim_spec(cfg), 1, pool)
 
     def updates(n: int) -> int:
         counted, end = 0, time.monotonic() + 60
@@ -113,7 +115,7 @@ def test_a3c_goes_on_when_a_worker_node_is_removed(cluster):
         return counted
 
     try:
-        pool.start()
+        pool.start(setup, store=store)
         assert updates(30) >= 30
         where = pool.nodes()
         assert len(set(where.values())) == 2

@@ -185,12 +185,14 @@ def test_killed_worker_actor_is_logged_replaced_and_the_run_recovers(tmp_path):
 
 
 def _pool(workers: int, max_restarts: int):
-    from esrl.backends import ray_pool
+    """Setup, store and Ray backend built as train_rl builds them (start with `start(setup, store=store)`)."""
+    from esrl.backends.ray_backend import RayBackend, rl_store
     from esrl.rl.a3c import A3CSetup
 
     setup = A3CSetup(tiny_a3c(), SPEC, seed=2)
-    params = nets.get_flat(setup.build_model())
-    return ray_pool.make(setup, params, optim_spec(setup.cfg), 1, workers, max_restarts, started_ray=False)
+    backend = RayBackend(workers, max_restarts=max_restarts)
+    setup, store = rl_store(setup, nets.get_flat(setup.build_model()), optim_spec(setup.cfg), 1, backend)
+    return setup, store, backend
 
 
 def _updates(pool, at_least: int, seconds: float = 30.0) -> int:
@@ -202,12 +204,12 @@ def _updates(pool, at_least: int, seconds: float = 30.0) -> int:
 
 
 def test_without_restarts_training_goes_on_with_fewer_workers():
-    store, pool = _pool(2, max_restarts=0)
+    setup, store, pool = _pool(2, max_restarts=0)
     try:
-        pool.start()
+        pool.start(setup, store=store)
         counted = _updates(pool, 20)
         assert counted >= 20 and pool.live_workers == 2
-        ray.kill(pool._actors[0][0])
+        ray.kill(pool._actors[0])
         after = _updates(pool, 30)
         assert [e["event"] for e in pool.events] == ["worker_died"] and pool.live_workers == 1
         assert after >= 30  # worker 1 goes on alone
@@ -219,11 +221,11 @@ def test_without_restarts_training_goes_on_with_fewer_workers():
 
 
 def test_a_dead_shard_stops_the_run_with_a_named_error():
-    from esrl.backends.pool import WorkerFailure
+    from esrl.backends.base import WorkerFailure
 
-    store, pool = _pool(1, max_restarts=2)
+    setup, store, pool = _pool(1, max_restarts=2)
     try:
-        pool.start()
+        pool.start(setup, store=store)
         assert _updates(pool, 10) >= 10
         ray.kill(store.actors[0])
         with pytest.raises(WorkerFailure, match="actor of the run's stores died"):

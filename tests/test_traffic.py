@@ -15,8 +15,8 @@ import torch
 
 from esrl import envs
 from esrl.backends.base import Traffic
-from esrl.backends.pool import ProcessPool, SerialPool, context
-from esrl.backends.processes import ProcessBackend
+from esrl.backends.processes import ProcessBackend, context
+from esrl.backends.serial import SerialBackend
 from esrl.config import A3CConfig, DQNConfig
 from esrl.rl import nets
 from esrl.rl.a3c import A3CSetup
@@ -143,22 +143,26 @@ def test_traffic_snapshot_and_since_carry_startup():
 
 def test_transports_are_named():
     from esrl.backends.ray_backend import RayBackend
-    from esrl.backends.ray_pool import RayPool
-    from esrl.backends.serial import SerialBackend
     from esrl.rl.device_dqn import DeviceDQN
     from esrl.rl.ga3c import GA3C
 
     assert SerialBackend().transport == "in-process" and RayBackend.transport == "ray"
-    assert RayPool.transport == "ray" and GA3C.transport == "pipe" and DeviceDQN.transport == "pipe"
+    assert GA3C.transport == "pipe" and DeviceDQN.transport == "pipe"
     setup = A3CSetup(A3CConfig(hidden=(8,)), SPEC, 0)
     params = nets.get_flat(setup.build_model())
     for sync, transport in (("lock", "shared-memory"), ("hogwild", "shared-memory"), ("param-server", "pipe")):
         store = make_store(sync, params, optim_spec(setup.cfg), CTX, slots=1)
         try:
-            assert ProcessPool(setup, store, 1, CTX, 0).transport == transport, sync
+            backend = ProcessBackend(1, 0, ctx=CTX)
+            assert backend.transport == "pipe"  # replicas: tasks and results over pipes
+            backend.start(setup, store=store)
+            assert backend.transport == transport, sync  # free-running workers: the store's
+            backend.close()
         finally:
             store.close()
-    assert SerialPool(setup, make_store("lock", params, optim_spec(setup.cfg), CTX), 1).transport == "in-process"
+    serial = SerialBackend(1)
+    serial.start(setup, store=make_store("lock", params, optim_spec(setup.cfg), CTX))
+    assert serial.transport == "in-process"
 
 
 # --- RL stores and pools ----------------------------------------------------------------------
@@ -184,13 +188,13 @@ def _setup(algo: str, workers: int, **kw: Any) -> Any:
     return DQNSetup(cfg, SPEC, 1).attach(CTX, workers)
 
 
-def _pool(algo: str, sync: str, workers: int = 2, shards: int = 1) -> tuple[Any, Any]:
-    """Store and pool built as train_rl builds them."""
+def _pool(algo: str, sync: str, workers: int = 2, shards: int = 1) -> tuple[Any, Any, Any]:
+    """Setup, store and processes backend built as train_rl builds them (start with `start(setup, store=store)`)."""
     setup = _setup(algo, workers, sync=sync, shards=shards)
     params = nets.get_flat(setup.build_model())
-    store = make_store(sync, params, optim_spec(setup.cfg), CTX, slots=ProcessPool.slots_needed(workers, 0),
+    store = make_store(sync, params, optim_spec(setup.cfg), CTX, slots=ProcessBackend.slots_needed(workers, 0),
                        shards=shards)
-    return store, ProcessPool(setup, store, workers, CTX, 0)
+    return setup, store, ProcessBackend(workers, 0, ctx=CTX)
 
 
 def _run_until(pool: Any, store_version: Any, updates: int, limit: float = 30) -> int:
@@ -212,10 +216,10 @@ def _poll_for(pool: Any, seconds: float) -> int:
 @pytest.mark.parametrize(("algo", "sync", "shards", "per_update"),
                          [("a3c", "hogwild", 1, 2), ("dqn", "lock", 1, 2), ("a3c", "param-server", 2, 6)])
 def test_processes_count_a_message_per_pull_and_push(algo, sync, shards, per_update):
-    store, pool = _pool(algo, sync, shards=shards)
+    setup, store, pool = _pool(algo, sync, shards=shards)
     counted, t0 = 0, time.monotonic()
     try:
-        pool.start()
+        pool.start(setup, store=store)
         counted = _run_until(pool, lambda: store.snapshot()[2], 40)
     finally:
         counted += sum(r.updates for r in pool.close())
@@ -233,8 +237,8 @@ def test_processes_count_a_message_per_pull_and_push(algo, sync, shards, per_upd
 def test_serial_pool_counts_exactly_a_pull_and_a_push_per_update(algo):
     setup = _setup(algo, 2, sync="lock")
     store = make_store("lock", nets.get_flat(setup.build_model()), optim_spec(setup.cfg), CTX)
-    pool = SerialPool(setup, store, 2)
-    pool.start()
+    pool = SerialBackend(2)
+    pool.start(setup, store=store)
     updates = sum(r.updates for _ in range(60) for r in pool.poll(0))  # DQN learns after 32 transitions
     assert updates == store.version > 0 and pool.traffic.messages == 2 * updates
     pool.pause()
@@ -244,10 +248,10 @@ def test_serial_pool_counts_exactly_a_pull_and_a_push_per_update(algo):
 
 
 def test_a_paused_process_pool_makes_no_updates_then_resumes():
-    store, pool = _pool("a3c", "hogwild")
+    setup, store, pool = _pool("a3c", "hogwild")
     counted = 0
     try:
-        pool.start()
+        pool.start(setup, store=store)
         counted += _run_until(pool, lambda: store.version, 10)
         t0 = time.perf_counter()
         pool.pause()
@@ -261,7 +265,7 @@ def test_a_paused_process_pool_makes_no_updates_then_resumes():
         counted += _run_until(pool, lambda: store.version, v0 + 10, limit=10)
         assert store.version >= v0 + 10
         pool.pause()
-        procs = [p for p, _ in pool._procs.values()]
+        procs = [w.proc for w in pool._workers.values()]
     finally:
         t0 = time.perf_counter()
         counted += sum(r.updates for r in pool.close())  # a paused worker still sees stop
@@ -311,14 +315,15 @@ def test_a_paused_device_arrangement_makes_no_updates_then_resumes(name):
 # --- Ray ----------------------------------------------------------------------------------------
 
 @pytest.mark.usefixtures("local_ray")
-def test_ray_pool_counts_per_shard_messages_startup_and_pauses():
-    from esrl.backends import ray_pool
+def test_ray_free_running_workers_count_per_shard_messages_startup_and_pauses():
+    from esrl.backends.ray_backend import RayBackend, rl_store
 
     setup = _setup("a3c", 2, sync="param-server", shards=2)
-    store, pool = ray_pool.make(setup, nets.get_flat(setup.build_model()), optim_spec(setup.cfg), 2, 2, 0, False)
+    pool = RayBackend(2, max_restarts=0)
+    setup, store = rl_store(setup, nets.get_flat(setup.build_model()), optim_spec(setup.cfg), 2, pool)
     counted = 0
     try:
-        pool.start()
+        pool.start(setup, store=store)
         assert pool.traffic.startup == pool.traffic.sent["state"] > 0  # setup and client with each actor
         counted += _run_until(pool, lambda: store.snapshot()[2], 20, limit=60)
         t0 = time.perf_counter()
@@ -364,14 +369,14 @@ def test_ray_backend_counts_startup_and_one_message_per_call():
 @pytest.mark.parametrize("sync", ["hogwild", "param-server"])
 def test_settle_after_pause_counts_every_update_the_store_holds(sync):
     """What an evaluation snapshots is exactly what the coordinator has counted (env steps to threshold)."""
-    store, pool = _pool("a3c", sync)
+    setup, store, pool = _pool("a3c", sync)
     counted = 0
 
     def version() -> int:
         return int(store.snapshot()[2])
 
     try:
-        pool.start()
+        pool.start(setup, store=store)
         counted += _run_until(pool, version, 20)
         pool.pause()
         counted += sum(r.updates for r in pool.settle())  # no sleeping: the acknowledgements say when

@@ -20,7 +20,8 @@ import torch
 
 from esrl import envs
 from esrl.backends import default_workers
-from esrl.backends.pool import ProcessPool, SerialPool, WorkerFailure, context
+from esrl.backends.base import WorkerFailure
+from esrl.backends.processes import ProcessBackend, context
 from esrl.config import RunConfig, check_combination, resolve_rl
 from esrl.errors import InputError
 from esrl.obstat import ObsStat
@@ -73,15 +74,12 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
     workers = run.workers or default_workers()
     arrangement = device_arrangement(algo, run, cfg)
     setup = setup_for(algo, cfg, spec, run.seed)
-    started_ray = False
+    ray_backend: Any = None
     if run.backend == "ray":  # started (or joined) before anything on disk changes: a bad address loses no run
-        from esrl.backends import ray_pool
+        from esrl.backends.ray_backend import RayBackend
 
-        started_ray = ray_pool.init(run.address or None, run.workers)
-        if not run.workers:  # one worker actor per CPU of the cluster
-            from esrl.backends.ray_backend import cluster_cpus
-
-            workers = cluster_cpus()
+        ray_backend = RayBackend(run.workers, address=run.address or None, max_restarts=3 * run.workers or None)
+        workers = ray_backend.n  # workers 0: one worker actor per CPU of the cluster
     ctx = context()
     simulated = run.backend == "simulated"
     costs = None
@@ -139,14 +137,15 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
     write_config(rd, algo, run, cfg, resolved)
 
     max_restarts = 3 * workers
+    worker_setup = setup  # what the workers are built from (on Ray: with the run's stores as Ray twins)
     store: Any
-    pool: Any
-    if arrangement is not None:  # the model on a device, actors on the CPU: one object is pool and store
+    pool: Any  # the backend that runs the workers (a device arrangement is pool and store in one object)
+    if arrangement is not None:
         store = pool = make_arrangement(arrangement, setup, params, optim_spec(cfg), workers, ctx,
                                        resolve_device(run.device))
     elif simulated:
         assert costs is not None
-        from esrl.backends.sim_pool import SimulatedPool
+        from esrl.backends.simulated import SimulatedBackend
         from esrl.sim.clock import SimClock
         from esrl.sim.faults import WorkerModel
         from esrl.sim.network import NetSpec
@@ -154,17 +153,22 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
 
         clock = SimClock()
         store = SimStore(params, optim_spec(cfg), cfg.sync, cfg.shards)
-        pool = SimulatedPool(setup, store, workers, clock, NetSpec.of(run), costs,
-                             calibrate.rl_work(costs, cfg.envs_per_worker), WorkerModel.of(run))
+        pool = SimulatedBackend(workers, clock, NetSpec.of(run), costs, calibrate.rl_work(costs, cfg.envs_per_worker),
+                                WorkerModel.of(run))
     elif serial:
+        from esrl.backends.serial import SerialBackend
+
         store = make_store("lock", params, optim_spec(cfg), ctx)
-        pool = SerialPool(setup, store, workers)
-    elif run.backend == "ray":
-        store, pool = ray_pool.make(setup, params, optim_spec(cfg), cfg.shards, workers, max_restarts, started_ray)
+        pool = SerialBackend(workers)
+    elif ray_backend is not None:
+        from esrl.backends.ray_backend import rl_store
+
+        worker_setup, store = rl_store(setup, params, optim_spec(cfg), cfg.shards, ray_backend)
+        pool = ray_backend
     else:
-        slots = ProcessPool.slots_needed(workers, max_restarts)
+        slots = ProcessBackend.slots_needed(workers, max_restarts)
         store = make_store(cfg.sync, params, optim_spec(cfg), ctx, slots=slots, shards=cfg.shards)
-        pool = ProcessPool(setup, store, workers, ctx, max_restarts)
+        pool = ProcessBackend(workers, max_restarts, ctx=ctx)
     if loaded is not None:
         store.load(*loaded)
     start_version = loaded[2] if loaded else 0
@@ -182,8 +186,7 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
     def save_checkpoint(snap: tuple[torch.Tensor, dict[str, torch.Tensor], int], iteration: int,
                         directory: Path | None = None) -> None:
         p, st, version = snap
-        attached = getattr(pool, "setup", setup)  # on Ray, the setup whose stores are Ray twins
-        extra = attached.checkpoint_tensors() if hasattr(attached, "checkpoint_tensors") else {}
+        extra = worker_setup.checkpoint_tensors() if hasattr(worker_setup, "checkpoint_tensors") else {}
         meta: dict[str, Any] = {"version": version, "iteration": iteration,
                                 "counters": m.checkpoint_counters(pool.traffic)}
         if obs_stat is not None:  # the normalization the parameters were trained with travels with them
@@ -258,7 +261,10 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
                         stop_reason = "callback"
                         break
                 if not started:
-                    pool.start()
+                    if arrangement is not None:
+                        pool.start()
+                    else:
+                        pool.start(worker_setup, store=store)
                     started = True
                 if run.budget_spent(iteration, m.elapsed(), counters.env_steps):
                     break

@@ -1,9 +1,12 @@
-"""Execution backends: they move work, state and bytes, and know no algorithm.
+"""Execution backends: they start workers, move work, state and bytes, and know no algorithm.
 
-A backend drives *replicas*: objects built in each worker from a small picklable setup
-(`setup.build()`), with `run(task) -> result`, `apply(message)`, `get_state()`,
-`set_state(state)` and `digest()`. The algorithm defines the replica; the backend only
-ships tasks, results and broadcasts, and counts every byte it moves.
+One worker protocol (`base.Backend`), driven the same way on every backend: serial, processes,
+Ray and simulated. Workers are built in each worker from a small picklable setup and are of
+two kinds. *Replicas* (ES: `setup.build()`, with `run(task) -> result`, `apply(message)`,
+`get_state()`, `set_state(state)` and `digest()`): the coordinator ships tasks, results and
+broadcasts. *Free-running workers* (A3C, DQN, Dyna-Q: `setup.build_worker(index, client)`,
+with `step() -> report`): each updates a parameter store on its own and the coordinator
+collects their reports. The algorithm defines the worker; the backend counts every byte it moves.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Any
 from esrl.backends.base import Backend
 from esrl.errors import InputError
 
-BACKENDS = ("serial", "processes", "ray")
+BACKENDS = ("serial", "processes", "ray")  # and "simulated", which the training loops build with its cost model
 
 
 def default_workers() -> int:
@@ -26,7 +29,7 @@ def make_backend(name: str, workers: int, **kwargs: Any) -> Backend:
     if name == "serial":
         from esrl.backends.serial import SerialBackend
 
-        return SerialBackend()
+        return SerialBackend(workers or 1)
     if name == "processes":
         from esrl.backends.processes import ProcessBackend
 

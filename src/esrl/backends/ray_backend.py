@@ -1,11 +1,27 @@
-"""The Ray backend: ES replicas in Ray actors, on one machine or a cluster.
+"""The Ray backend: workers in Ray actors, on one machine or a cluster.
 
-Same interface and protocol as the processes backend: actors build their replica (and
-noise table) from the setup once; per iteration they receive (iteration, member range)
-tasks and the shaped-return broadcast. Bytes are counted by pickling each message here, as
-the processes backend does, so the two report comparable figures. An actor is created with
-the setup and then sent the full state: both are start-up traffic (kind "state"). A dead
-actor's task is requeued, a replacement actor gets the full state, and the event is logged.
+Same protocol as the processes backend, for both kinds of worker (`backends/base.py`); bytes
+are counted by pickling each message here, as the processes backend does, so the two report
+comparable figures. Actors are spread over the cluster's nodes (`SPREAD`).
+
+- Replicas (ES): actors build their replica (and noise table) from the setup once; per
+  iteration they receive (iteration, member range) tasks and the shaped-return broadcast. An
+  actor is created with the setup and then sent the full state: both are start-up traffic (kind
+  "state"). A dead actor's task is requeued, a replacement actor gets the full state, and the
+  event is logged.
+- Free-running workers (A3C, DQN, Dyna-Q; the store is `stores.ray_store.RayStore`, made by
+  `rl_store`): an actor builds its worker with `setup.build_worker(index, client)`; each
+  `work()` call steps it for REPORT_S seconds and returns one report (updates, env steps,
+  returns, losses, the bytes its store client and the run's Ray twins counted, staleness). Two
+  calls stay queued on every actor so that it never idles waiting for the next. Before a report
+  leaves, the actor waits until its pushes are applied, so the updates counted never run ahead
+  of the store's version. Each `work()` call and its report are a message each (kind "report");
+  an actor's creation carries its setup and store client (kind "state", start-up). `pause()` and
+  `resume()` run in a concurrency group of their own on each actor, so they reach it while
+  `work()` runs; a paused `work()` begins no update and returns when its time is up, and no new
+  call is submitted until `resume()`. A dead actor (`RayActorError`: killed, its node lost) is
+  logged as `worker_died` and replaced by a new actor on a fresh store slot; `worker_joined` is
+  logged when the replacement's first report arrives.
 
 Security: a local instance listens on 127.0.0.1 only, with the dashboard off (`_loopback_node`);
 joining a cluster (`address`) first checks that its address answers (`probe`), and warns when
@@ -19,18 +35,22 @@ import os
 import pickle
 import socket
 import time
+import traceback
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from esrl.backends.base import Traffic
-from esrl.errors import InputError
+from esrl.backends.base import REPORT_S, Traffic, WorkerFailure, absorb, clients_of, count_report, take_report
+from esrl.errors import InputError, NonFiniteError
 
 _DUMP = pickle.HIGHEST_PROTOCOL
 CONNECT_TIMEOUT_S = 10.0  # an address that does not answer within this is an error, not minutes of Ray retries
 ADDRESS_ACCEPTED = "'auto', host:port of a running cluster's head, or empty for a local instance"
 _CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+IN_FLIGHT = 2  # work() calls queued per free-running actor
+CONTROL = "control"  # the free-running actors' concurrency group for pause/resume
+PAUSE_ACK_S = 0.5  # at most this long does pause() wait for the actors to acknowledge
 
 
 def _ray() -> Any:
@@ -145,6 +165,70 @@ class _ReplicaActor:
         return str(self.replica.digest())
 
 
+class WorkerActor:
+    """One free-running worker in a Ray actor; see the module docstring."""
+
+    def __init__(self, setup: Any, wid: int, client: Any) -> None:
+        import torch
+
+        torch.set_num_threads(1)
+        self.setup, self.wid, self.client = setup, wid, client
+        self.worker: Any = None
+        self.counted: list[Any] = []
+        self.paused = False  # set from the control group's thread, read between updates
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+
+    def node(self) -> str:
+        import ray
+
+        return str(ray.get_runtime_context().get_node_id())
+
+    def work(self, seconds: float) -> tuple[Any, ...]:
+        """Step the worker for `seconds`; ("report", report, traffic, staleness) or (kind, message)."""
+        from esrl.stores.ray_store import twins_of
+
+        try:
+            if self.worker is None:  # built here, not in __init__: a failure is reported, not a dead actor
+                self.worker = self.setup.build_worker(self.wid, self.client)
+                self.counted = [*clients_of(self.worker, self.client), *twins_of(self.setup)]
+            acc, compute = None, 0.0
+            end = time.perf_counter() + seconds
+            while True:
+                if self.paused:  # begin no update: the call ends now, with what it did
+                    break
+                t0 = time.perf_counter()
+                rep = self.worker.step()
+                compute += time.perf_counter() - t0
+                if acc is None:
+                    acc = rep
+                else:
+                    acc.merge(rep)
+                if time.perf_counter() >= end:
+                    break
+            traffic = Traffic(compute_s=compute)
+            for c in self.counted:
+                if hasattr(c, "flush"):
+                    c.flush()
+                absorb(traffic, c)
+            staleness = self.counted[0].staleness
+            for c in self.counted:
+                c.staleness = []
+            return "report", acc, traffic, staleness
+        except Exception as exc:
+            import ray
+
+            if isinstance(exc, ray.exceptions.RayActorError):  # a shard, the replay or the model holder
+                return "error", f"worker {self.wid}: an actor of the run's stores died ({type(exc).__name__})"
+            if isinstance(exc, NonFiniteError):
+                return "nonfinite", f"worker {self.wid}, update {getattr(self.worker, 'updates', 0)}: {exc}"
+            return "error", traceback.format_exc()
+
+
 class RayBackend:
     """N Ray actors, each with a replica; see the module docstring."""
 
@@ -161,23 +245,44 @@ class RayBackend:
         self.ray = _ray()
         self.traffic = Traffic()
         self.events: list[dict[str, Any]] = []
-        self._actor_cls = self.ray.remote(num_cpus=1, max_restarts=0)(_ReplicaActor)
-        self._actors: dict[int, Any] = {}
-        self._next_id = 0
+        self.staleness: list[int] = []
+        self._actors: dict[int, Any] = {}  # worker id (free-running: its index) -> actor
         self._restarts = 0
         self._setup: Any = None
-        self._state_fn: Callable[[], dict[str, Any]] | None = None
         self._setup_bytes = 0
+        # replicas
+        self._actor_cls = self.ray.remote(num_cpus=1, max_restarts=0)(_ReplicaActor)
+        self._next_id = 0
+        self._state_fn: Callable[[], dict[str, Any]] | None = None
+        # free-running workers
+        self._store: Any = None
+        self._slots: dict[int, int] = {}  # worker index -> its store slot
+        self._paused = False
+        self._pending: dict[Any, tuple[int, Any]] = {}  # work() ref -> (worker index, actor)
+        self._joining: set[Any] = set()  # replacement actors that have not reported yet
+        self._next_slot = 0
+        self._closing = False
 
     @property
     def live_workers(self) -> int:
         return len(self._actors)
 
-    def nodes(self) -> list[str]:
-        return list(self.ray.get([a.node.remote() for a in self._actors.values()]))
+    def nodes(self) -> dict[int, str]:
+        """Node id of each live worker's actor."""
+        wids = list(self._actors)
+        return dict(zip(wids, self.ray.get([self._actors[w].node.remote() for w in wids]), strict=True))
 
-    def start(self, setup: Any, state_fn: Callable[[], dict[str, Any]]) -> None:
+    def start(self, setup: Any, state_fn: Callable[[], dict[str, Any]] | None = None, store: Any = None) -> None:
         self._setup, self._state_fn = setup, state_fn
+        if store is not None:
+            self._store = store
+            self._free_cls = self.ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0,
+                                             concurrency_groups={CONTROL: 1})(WorkerActor)
+            self._setup_bytes = len(pickle.dumps(setup))  # sent with every actor's creation
+            for index in range(self.n):
+                self._spawn_free(index)
+            return
+        assert state_fn is not None
         self._setup_bytes = len(pickle.dumps(setup, _DUMP))  # travels with each actor's creation
         state = state_fn()
         for _ in range(self.n):
@@ -279,12 +384,153 @@ class RayBackend:
                 self.events.append({"event": "resync", "worker": wid})
         return wrong
 
-    def close(self) -> None:
+    def close(self) -> list[Any]:
+        """Stop the actors (free-running: after the calls in flight, whose reports it returns); end Ray when
+        this backend started it."""
+        reports = self._drain() if self._store is not None else []
         for actor in self._actors.values():
             try:
                 self.ray.kill(actor)
             except Exception:
                 pass
         self._actors.clear()
+        self._pending.clear()
         if self.started_ray:
             self.ray.shutdown()
+        return reports
+
+    # --- free-running workers ---------------------------------------------------------------
+    def _spawn_free(self, index: int) -> int:
+        slot = self._next_slot
+        self._next_slot += 1
+        client = self._store.client(slot)
+        actor = self._free_cls.options(scheduling_strategy="SPREAD").remote(self._setup, index, client)
+        nbytes = self._setup_bytes + len(pickle.dumps((index, client)))
+        self.traffic.sent["state"] += nbytes
+        self.traffic.startup += nbytes
+        self.traffic.messages += 1
+        self._actors[index], self._slots[index] = actor, slot
+        if self._paused:  # a replacement joins a paused run paused
+            self._control(actor, "pause")
+        self._top_up(index)
+        return slot
+
+    def _submit(self, wid: int) -> None:
+        actor = self._actors[wid]
+        self._pending[actor.work.remote(REPORT_S)] = (wid, actor)
+        self.traffic.sent["report"] += len(pickle.dumps(REPORT_S))  # the call that asks for a report
+        self.traffic.messages += 1
+
+    def _top_up(self, wid: int) -> None:
+        """Queue work() calls on the actor until IN_FLIGHT are pending (none while paused or closing)."""
+        if self._paused or self._closing or wid not in self._actors:
+            return
+        actor = self._actors[wid]
+        for _ in range(IN_FLIGHT - sum(a is actor for _, a in self._pending.values())):
+            self._submit(wid)
+
+    def _control(self, actor: Any, method: str) -> Any:
+        self.traffic.sent["control"] += len(pickle.dumps(None))
+        self.traffic.messages += 1
+        return getattr(actor, method).options(concurrency_group=CONTROL).remote()
+
+    def pause(self) -> None:
+        """From now on no actor begins an update (one in progress may finish).
+
+        Waits (at most PAUSE_ACK_S, a few ms normally) until every actor has acknowledged, so
+        that none can begin an update after this returns; a dead actor is left to poll.
+        """
+        self._paused = True
+        refs = [self._control(a, "pause") for a in self._actors.values()]
+        if refs:
+            self.ray.wait(refs, num_returns=len(refs), timeout=PAUSE_ACK_S)
+
+    def settle(self, timeout: float = 10.0) -> list[Any]:
+        """After `pause`: the work() calls in flight end at their next update boundary; their reports.
+        No call is submitted while paused, so when none is pending the store holds what was counted."""
+        reports: list[Any] = []
+        deadline = time.monotonic() + timeout
+        while self._pending and time.monotonic() < deadline:
+            reports.extend(self.poll(0.01))
+        return reports
+
+    def resume(self) -> None:
+        self._paused = False
+        for actor in self._actors.values():
+            self._control(actor, "resume")  # another group: a work() call that starts first waits the few ms for it
+        for wid in list(self._actors):
+            self._top_up(wid)
+
+    def poll(self, timeout: float) -> list[Any]:
+        """Reports that arrived within `timeout` seconds; handles deaths and worker errors."""
+        if not self._pending:
+            time.sleep(timeout)
+            return []
+        refs = list(self._pending)
+        ready, rest = self.ray.wait(refs, num_returns=1, timeout=timeout)
+        if ready and rest:
+            ready += self.ray.wait(rest, num_returns=len(rest), timeout=0)[0]
+        reports = []
+        for ref in ready:
+            entry = self._pending.pop(ref, None)
+            if entry is None:
+                continue  # dropped with its actor, which died earlier in this batch
+            wid, actor = entry
+            try:
+                msg = self.ray.get(ref)
+            except self.ray.exceptions.RayActorError as exc:
+                self._died_free(wid, type(exc).__name__)
+                continue
+            if msg[0] != "report":
+                count_report(self, len(pickle.dumps(msg)))
+                raise WorkerFailure(msg[1], nonfinite=(msg[0] == "nonfinite"))
+            reports.extend(take_report(self, msg[1], msg[2], msg[3], len(pickle.dumps(msg))))
+            if actor in self._joining:
+                self._joining.discard(actor)
+                self.events.append({"event": "worker_joined", "worker": wid, "slot": self._slots[wid]})
+            self._top_up(wid)
+        return reports
+
+    def _died_free(self, wid: int, why: str) -> None:
+        actor, slot = self._actors.pop(wid), self._slots.pop(wid)
+        self._joining.discard(actor)
+        for ref in [r for r, (_, a) in self._pending.items() if a is actor]:
+            del self._pending[ref]
+        try:
+            self.ray.kill(actor)
+        except Exception:  # already gone
+            pass
+        event: dict[str, Any] = {"event": "worker_died", "worker": wid, "slot": slot, "why": why}
+        if not self._closing and self._restarts < self.max_restarts:
+            self._restarts += 1
+            event["replacement_slot"] = self._spawn_free(wid)
+            self._joining.add(self._actors[wid])
+        self.events.append(event)
+        if not self._actors and not self._closing:
+            raise WorkerFailure("all workers died and the restart limit is spent")
+
+    def _drain(self) -> list[Any]:
+        """The reports of the work() calls still in flight (none is submitted from now on)."""
+        self._closing = True
+        reports: list[Any] = []
+        deadline = time.monotonic() + 10
+        while self._pending and time.monotonic() < deadline:
+            try:
+                reports.extend(self.poll(max(0.0, deadline - time.monotonic())))
+            except WorkerFailure:
+                break
+        return reports
+
+
+def rl_store(setup: Any, params: Any, spec: Any, shards: int, backend: RayBackend) -> tuple[Any, Any]:
+    """The run's parameter-server actors (its twins included) and the setup whose stores are those twins.
+
+    The store is the last thing a training loop closes, so it ends the twins' actors and, when
+    `backend` started Ray, Ray itself (the backend then leaves Ray running when it closes).
+    """
+    from esrl.stores.ray_store import RayStore, to_ray
+
+    setup, owned = to_ray(setup)
+    store = RayStore(params, spec, shards=shards, owned=owned, shutdown=backend.started_ray)
+    backend.started_ray = False
+    return setup, store

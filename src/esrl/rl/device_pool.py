@@ -29,8 +29,7 @@ from typing import Any
 
 import torch
 
-from esrl.backends.base import Traffic
-from esrl.backends.pool import WorkerFailure
+from esrl.backends.base import Traffic, WorkerFailure
 from esrl.errors import NonFiniteError
 from esrl.rl import optim
 from esrl.rl.common import Report

@@ -5,6 +5,6 @@ at the moment a SimPy schedule says it happens; how long it takes comes from a c
 measured once on this machine (`costs`), never from the wall clock, so a run repeats bit for
 bit. `network` models the hub, its links and the broadcast tree; `clock` turns the training
 loops' measurement protocol into virtual seconds; `faults` draws seeded stragglers and failures.
-The ES backend (`backends/simulated.py`) and the RL pool (`backends/sim_pool.py`, with the store
-`stores/simulated.py`) build on these and know no algorithm.
+The simulated backend (`backends/simulated.py`: replicas and free-running workers, the latter
+with the store `stores/simulated.py`) builds on these and knows no algorithm.
 """

@@ -125,7 +125,7 @@ class RayStore(ServerStore):
         try:
             return super().snapshot()
         except _ray().exceptions.RayActorError as exc:
-            from esrl.backends.pool import WorkerFailure
+            from esrl.backends.base import WorkerFailure
 
             raise WorkerFailure(f"a parameter-server shard died ({type(exc).__name__})") from None
 
