@@ -24,6 +24,8 @@ class CostModel:
     """Seconds per unit of work on this machine (one core, one worker)."""
 
     env_step_s: float = 0.0  # one step of the run's env, the lean Gymnasium loop
+    task_s: float = 0.0  # ES: a task's fixed cost (its seeds, masks and normalizer, whatever its size)
+    member_s: float = 0.0  # ES: one member's fixed cost in a task (its parameter row, its env's reset)
     row_step_s: float = 0.0  # ES: one member's env step inside a task (its env step, its row of the forward)
     call_s: float = 0.0  # one batched policy forward (ES: per step of a task; RL: over a worker's envs)
     update_s: float = 0.0  # RL: one update's gradient beside acting (loss forward, backward, clipping)
