@@ -139,10 +139,10 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
     max_restarts = 3 * workers
     worker_setup = setup  # what the workers are built from (on Ray: with the run's stores as Ray twins)
     store: Any
-    pool: Any  # the backend that runs the workers (a device arrangement is pool and store in one object)
+    backend: Any  # what runs the workers (a device arrangement is backend and store in one object)
     if arrangement is not None:
-        store = pool = make_arrangement(arrangement, setup, params, optim_spec(cfg), workers, ctx,
-                                       resolve_device(run.device))
+        store = backend = make_arrangement(arrangement, setup, params, optim_spec(cfg), workers, ctx,
+                                          resolve_device(run.device))
     elif simulated:
         assert costs is not None
         from esrl.backends.simulated import SimulatedBackend
@@ -153,22 +153,22 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
 
         clock = SimClock()
         store = SimStore(params, optim_spec(cfg), cfg.sync, cfg.shards)
-        pool = SimulatedBackend(workers, clock, NetSpec.of(run), costs, calibrate.rl_work(costs, cfg.envs_per_worker),
+        backend = SimulatedBackend(workers, clock, NetSpec.of(run), costs, calibrate.rl_work(costs, cfg.envs_per_worker),
                                 WorkerModel.of(run))
     elif serial:
         from esrl.backends.serial import SerialBackend
 
         store = make_store("lock", params, optim_spec(cfg), ctx)
-        pool = SerialBackend(workers)
+        backend = SerialBackend(workers)
     elif ray_backend is not None:
         from esrl.backends.ray_backend import rl_store
 
         worker_setup, store = rl_store(setup, params, optim_spec(cfg), cfg.shards, ray_backend)
-        pool = ray_backend
+        backend = ray_backend
     else:
         slots = ProcessBackend.slots_needed(workers, max_restarts)
         store = make_store(cfg.sync, params, optim_spec(cfg), ctx, slots=slots, shards=cfg.shards)
-        pool = ProcessBackend(workers, max_restarts, ctx=ctx)
+        backend = ProcessBackend(workers, max_restarts, ctx=ctx)
     if loaded is not None:
         store.load(*loaded)
     start_version = loaded[2] if loaded else 0
@@ -188,7 +188,7 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
         p, st, version = snap
         extra = worker_setup.checkpoint_tensors() if hasattr(worker_setup, "checkpoint_tensors") else {}
         meta: dict[str, Any] = {"version": version, "iteration": iteration,
-                                "counters": m.checkpoint_counters(pool.traffic)}
+                                "counters": m.checkpoint_counters(backend.traffic)}
         if obs_stat is not None:  # the normalization the parameters were trained with travels with them
             extra = {**extra, "obs_sum": obs_stat.total, "obs_sumsq": obs_stat.sumsq}
             meta["obs_count"] = obs_stat.count
@@ -203,7 +203,7 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
     next_line = (updates // cfg.report_every + 1) * cfg.report_every
     interval = Report()
     it_start = now()
-    before = pool.traffic.snapshot()
+    before = backend.traffic.snapshot()
     last: dict[str, Any] = {}
     stop_reason, failure = "budget", None
     threshold_params: torch.Tensor | None = None
@@ -225,15 +225,15 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
         try:
             while True:
                 if started:
-                    fold(pool.poll(0.05))
+                    fold(backend.poll(0.05))
                 evaluate = m.due()
                 if updates >= next_line or evaluate:
                     next_line = (updates // cfg.report_every + 1) * cfg.report_every  # reports may carry many
                     wall = now() - it_start  # the interval's training time, before any evaluation
                     ev = None
                     if evaluate:
-                        pool.pause()  # no worker starts an update while the policy is evaluated
-                        fold(pool.settle())  # updates in hand finish and are counted: the store holds what was
+                        backend.pause()  # no worker starts an update while the policy is evaluated
+                        fold(backend.settle())  # updates in hand finish and are counted: the store holds what was
                         snap = store.snapshot()
                         ev = m.evaluate(play(snap[0], obs_stat))
                         if ev.first:
@@ -243,17 +243,17 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
                         if ev.best:
                             m.off_clock(partial(save_checkpoint, snap, iteration, rd.path / "best"))
                         if not (ev.first and run.stop_on_solve):
-                            pool.resume()
-                    traffic = pool.traffic.since(before)
-                    last = _metrics_line(iteration, m, wall, interval, ev, pool, traffic, updates)
-                    pool.events.clear()
-                    pool.staleness.clear()
+                            backend.resume()
+                    traffic = backend.traffic.since(before)
+                    last = _metrics_line(iteration, m, wall, interval, ev, backend, traffic, updates)
+                    backend.events.clear()
+                    backend.staleness.clear()
                     keep_going = rd.append_metrics(last)
                     progress.update(last, run.max_seconds, run.max_iterations)
                     iteration += 1
                     if iteration % run.checkpoint_every == 0:
                         save_checkpoint(store.snapshot(), iteration)
-                    interval, it_start, before = Report(), now(), pool.traffic.snapshot()
+                    interval, it_start, before = Report(), now(), backend.traffic.snapshot()
                     if ev is not None and ev.first and run.stop_on_solve:
                         stop_reason = "solved"
                         break
@@ -262,9 +262,9 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
                         break
                 if not started:
                     if arrangement is not None:
-                        pool.start()
+                        backend.start()
                     else:
-                        pool.start(worker_setup, store=store)
+                        backend.start(worker_setup, store=store)
                     started = True
                 if run.budget_spent(iteration, m.elapsed(), counters.env_steps):
                     break
@@ -277,7 +277,7 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
             stop_reason, failure = "interrupted", None
             hard_stop = True
         finally:
-            fold(pool.close() if started else [])
+            fold(backend.close() if started else [])
     if failure is None and not hard_stop:
         save_checkpoint(store.snapshot(), iteration)
     store.close()
@@ -290,7 +290,7 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
     summary = {
         "algorithm": algo, "env": run.env, "seed": run.seed, "backend": run.backend, "workers": workers,
         "sync": "serial" if serial else cfg.sync, "stop_reason": stop_reason, "iterations": iteration,
-        "updates": updates, **m.summary(pool.traffic, getattr(pool, "transport", run.backend)),
+        "updates": updates, **m.summary(backend.traffic, getattr(backend, "transport", run.backend)),
         "clock": "virtual" if simulated else "wall",
         "num_params": int(params.numel()), "error": failure,
     }
@@ -323,11 +323,11 @@ def saved_obs_stat(path: Path, tensors: dict[str, np.ndarray], manifest: dict[st
     return ObsStat(tensors["obs_sum"].astype(np.float64), tensors["obs_sumsq"].astype(np.float64), float(count))
 
 
-def _metrics_line(iteration: int, m: Measurement, it_s: float, rep: Report, ev: Any, pool: Any, traffic: Any,
+def _metrics_line(iteration: int, m: Measurement, it_s: float, rep: Report, ev: Any, backend: Any, traffic: Any,
                   updates: int) -> dict[str, Any]:
-    st = np.asarray(pool.staleness, float)
+    st = np.asarray(backend.staleness, float)
     rets = np.asarray(rep.returns, float)
-    workers = pool.live_workers
+    workers = backend.live_workers
     c = m.counters
     return {
         "iteration": iteration, "wall_s": m.elapsed(), "training_s": m.training_s(), "iteration_s": it_s,
@@ -347,5 +347,5 @@ def _metrics_line(iteration: int, m: Measurement, it_s: float, rep: Report, ev: 
         "bytes_sent_total": sum(traffic.sent.values()), "bytes_received_total": sum(traffic.received.values()),
         "messages": traffic.messages, "compute_s": traffic.compute_s,
         "wait_s": max(0.0, it_s * workers - traffic.compute_s), "live_workers": workers,
-        "events": [dict(e) for e in pool.events],
+        "events": [dict(e) for e in backend.events],
     }
