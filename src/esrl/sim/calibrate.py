@@ -107,24 +107,12 @@ def _task_fit(replica: Any, t: int, pop: int) -> tuple[float, float, float, floa
                 task: tuple[str, int, int, int] = ("pop", t, 0, n)
                 r = replica.run(task)
                 rows.append((1.0, float(n), float(r["lengths"].sum()), float(r["lengths"].max())))
-                took.append(_fastest(partial(replica.run, task), 7, budget_s=0.3))
+                took.append(seconds(partial(replica.run, task), 7, budget_s=0.3, fastest=True))
     finally:
         replica.step_cap = full
     a, y = np.array(rows), np.array(took)
     task_s, member, row, call = _nonnegative_fit(a / y[:, None], np.ones(len(y)))
     return task_s, member, row, call, replica.run(("pop", t, 0, min(16, pop)))
-
-
-def _fastest(fn: Any, repeat: int, budget_s: float) -> float:
-    """The fewest wall seconds of `fn()` over up to `repeat` calls: the task's own cost, with the least of what
-    other processes on a shared machine add to a call."""
-    times: list[float] = []
-    deadline = time.perf_counter() + budget_s
-    while len(times) < repeat and (len(times) < 2 or time.perf_counter() < deadline):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def _nonnegative_fit(a: np.ndarray, b: np.ndarray) -> list[float]:
