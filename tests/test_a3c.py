@@ -198,3 +198,30 @@ def test_box_actions_learn_on_pendulum_without_error(tmp_path):
     assert rets.shape == (2,) and np.all(rets < 0)
     s = train_rl("a3c", run_cfg(tmp_path / "p", env="Pendulum-v1", max_iterations=3), tiny(), show_progress=False)
     assert s["updates"] >= 40
+
+
+def test_reward_scaler_follows_vecnormalize():
+    """Rewards divided by the running std of each env's discounted return (SB3's VecNormalize), clipped,
+    the return reset where an episode ended; the raw rewards are untouched."""
+    from esrl.rl.common import RewardScaler
+
+    gamma, rng = 0.99, np.random.default_rng(0)
+    scale = RewardScaler(3, gamma)
+    ret, seen = np.zeros(3), []
+    for t in range(500):
+        raw = rng.normal(-5.0, 2.0, size=3)
+        done = np.array([t % 50 == 49, False, t % 7 == 6])
+        before = raw.copy()
+        out = scale(raw, done)
+        assert np.array_equal(raw, before)
+        ret = ret * gamma + raw
+        seen.append(ret.copy())
+        var = np.var(np.concatenate(seen))  # the running variance, within its 1e-4 prior count
+        assert np.allclose(out, np.clip(raw / np.sqrt(var + 1e-8), -10, 10), rtol=1e-3)
+        ret[done] = 0.0
+    assert np.array_equal(scale.ret, ret)
+
+
+def test_reward_norm_is_refused_unless_on_or_off():
+    with pytest.raises(InputError, match="reward_norm"):
+        A3CConfig(reward_norm="yes").validate()

@@ -200,6 +200,9 @@ OBS_NORM_HELP = ("normalize observations with running statistics, each worker it
                  "Box observations, off for Dyna-Q and the ga3c/device arrangements, which have none yet)")
 CLIP_REWARDS_HELP = ("clip training rewards to [-1, 1] (auto: on for Atari, as the DQN and A3C papers did); "
                      "returns and evaluation are never clipped")
+REWARD_NORM_HELP = ("scale training rewards by the running standard deviation of each env's discounted return, "
+                    "clipped to [-10, 10] (Stable-Baselines3's VecNormalize, the RL Zoo's `normalize`); each worker "
+                    "its own statistics, restarted on resume; returns and evaluation are never scaled")
 
 
 @dataclass
@@ -224,9 +227,11 @@ class A3CConfig:
     report_every: int = _f(100, "global updates per metrics line (one 'iteration')")
     obs_norm: str = _f("auto", OBS_NORM_HELP, ("auto", "on", "off"))
     clip_rewards: str = _f("auto", CLIP_REWARDS_HELP, ("auto", "on", "off"))
+    reward_norm: str = _f("off", REWARD_NORM_HELP, ("on", "off"))
 
     def validate(self) -> None:
         _validate_rl(self, "ga3c")
+        _check(self.reward_norm in ("on", "off"), "reward_norm", f"unknown {self.reward_norm!r}", "on, off")
         _check(0 <= self.gae_lambda <= 1, "gae_lambda", f"must be in [0, 1], got {self.gae_lambda}")
         _check(self.entropy_coef >= 0, "entropy_coef", f"must be >= 0, got {self.entropy_coef}")
         _check(self.value_coef >= 0, "value_coef", f"must be >= 0, got {self.value_coef}")

@@ -19,7 +19,7 @@ from esrl.config import A3CConfig
 from esrl.envs import EnvSpec
 from esrl.obstat import ObsStat
 from esrl.rl import nets
-from esrl.rl.common import EnvSlots, NonFiniteError, Report, RunningObs, evaluate_greedy, training_rewards
+from esrl.rl.common import EnvSlots, NonFiniteError, Report, RewardScaler, RunningObs, evaluate_greedy, training_rewards
 
 
 @dataclass(frozen=True)
@@ -138,11 +138,13 @@ class Trajectory:
 
 def rollout(envs: EnvSlots, t_len: int, forward: Forward, sample: Callable[[torch.Tensor], torch.Tensor],
             gamma: float, clip_rewards: bool, report: Report,
-            first: tuple[torch.Tensor, torch.Tensor] | None = None) -> Trajectory:
+            first: tuple[torch.Tensor, torch.Tensor] | None = None, scale: RewardScaler | None = None) -> Trajectory:
     """The acting of A3C and GA3C: `forward` is the worker's own model, or GA3C's round trip to the predictor.
 
     `first`: the outputs and values of the current observations where the caller has them
-    (GA3C carries the last prediction over); else they are computed.
+    (GA3C carries the last prediction over); else they are computed. `scale`: the worker's reward
+    scaler (`reward_norm`), applied before a truncated episode's bootstrap, which is already in the
+    value's (scaled) units.
     """
     spec, e = envs.spec, len(envs.envs)
     obs_buf = torch.zeros(t_len, e, spec.obs_dim)
@@ -156,7 +158,12 @@ def rollout(envs: EnvSlots, t_len: int, forward: Forward, sample: Callable[[torc
         acts.append(actions)
         boot: dict[int, np.ndarray] = {}
         _, rewards, terminal = envs.step(env_actions(spec, actions), report, boot.__setitem__)
-        rew = torch.from_numpy(training_rewards(rewards, clip_rewards))
+        rewards = training_rewards(rewards, clip_rewards)
+        if scale is not None:
+            done = terminal.copy()
+            done[list(boot)] = True
+            rewards = scale(rewards, done)
+        rew = torch.from_numpy(rewards)
         if boot:  # truncated episodes bootstrap from the value of their last observation
             rows = sorted(boot)
             v_final = forward(np.stack([boot[i] for i in rows]))[1]
@@ -182,6 +189,7 @@ class A3CWorker:
         self.updates = 0
         self.obs = RunningObs(setup.spec, setup.obs_stat) if self.model.norm.enabled else None
         self.clip_rewards = self.cfg.clip_rewards == "on"
+        self.scale = RewardScaler(self.cfg.envs_per_worker, self.cfg.gamma) if self.cfg.reward_norm == "on" else None
 
     def sample(self, out: torch.Tensor) -> torch.Tensor:
         return sample_actions(out, None if self.setup.spec.discrete else self.model.log_std, self.gen,
@@ -196,7 +204,7 @@ class A3CWorker:
         t_len, e = cfg.n_steps, cfg.envs_per_worker
         with torch.no_grad():
             tr = rollout(self.envs, t_len, lambda x: self.model(torch.from_numpy(x)), self.sample, cfg.gamma,
-                         self.clip_rewards, report)
+                         self.clip_rewards, report, scale=self.scale)
             obs_buf = tr.obs
             values = self.model(obs_buf.view(t_len * e, -1))[1].view(t_len, e)
             adv, returns = gae(tr.rewards, values, tr.terminal, tr.last[1], cfg.gamma, cfg.gae_lambda)

@@ -58,6 +58,31 @@ def training_rewards(rewards: np.ndarray, clip: bool) -> np.ndarray:
     return np.clip(rewards, -1.0, 1.0) if clip else rewards
 
 
+class RewardScaler:
+    """Stable-Baselines3's VecNormalize reward scaling for one worker's envs: each env keeps its discounted
+    return (reset at the episode's end), the running variance of those returns is updated every step, and a
+    training reward is divided by its standard deviation and clipped to [-clip, clip]. Rewards of very
+    different scales then share one learning rate and value loss (MountainCar's -1 per step, Pendulum's down
+    to -16). The worker's own statistics, restarted on resume (SB3 saves them with the model)."""
+
+    def __init__(self, envs: int, gamma: float, clip: float = 10.0, eps: float = 1e-8) -> None:
+        self.gamma, self.clip, self.eps = gamma, clip, eps
+        self.ret = np.zeros(envs)
+        self.count, self.mean, self.var = 1e-4, 0.0, 1.0  # SB3's RunningMeanStd start
+
+    def __call__(self, rewards: np.ndarray, done: np.ndarray) -> np.ndarray:
+        self.ret = self.ret * self.gamma + rewards
+        n, m, v = len(self.ret), float(self.ret.mean()), float(self.ret.var())
+        total = self.count + n
+        delta = m - self.mean
+        self.mean += delta * n / total
+        self.var = (self.var * self.count + v * n + delta**2 * self.count * n / total) / total
+        self.count = total
+        scaled = np.clip(rewards / np.sqrt(self.var + self.eps), -self.clip, self.clip)
+        self.ret[done] = 0.0
+        return scaled
+
+
 class RunningObs:
     """A worker's own running observation statistics, and the part it has not reported yet.
 

@@ -27,7 +27,7 @@ import torch
 
 from esrl import seeding
 from esrl.rl import a3c
-from esrl.rl.common import EnvSlots, NonFiniteError, Report
+from esrl.rl.common import EnvSlots, NonFiniteError, Report, RewardScaler
 from esrl.rl.device_pool import ActorLink, DeviceArrangement
 
 
@@ -77,11 +77,13 @@ class GA3C(DeviceArrangement):
             log_std = got["log_std"]
             return a3c.sample_actions(out, None if log_std is None else torch.from_numpy(log_std), gen, spec.discrete)
 
+        scale = RewardScaler(e, cfg.gamma) if cfg.reward_norm == "on" else None
         last = predict(envs.obs)
         while link.ready():  # a pause holds the actor between trajectories
             t0 = time.perf_counter()
             got["versions"], got["wait_s"] = got["versions"][-1:], 0.0  # the carried prediction's version counts
-            tr = a3c.rollout(envs, t_len, predict, sample, cfg.gamma, cfg.clip_rewards == "on", link.acc, first=last)
+            tr = a3c.rollout(envs, t_len, predict, sample, cfg.gamma, cfg.clip_rewards == "on", link.acc, first=last,
+                             scale=scale)
             last = tr.last
             _, returns = a3c.gae(tr.rewards, tr.values, tr.terminal, last[1], cfg.gamma, cfg.gae_lambda)
             link.send(self.experience, "experience", (min(got["versions"]), tr.obs.numpy().reshape(t_len * e, -1),
