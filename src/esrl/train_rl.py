@@ -78,7 +78,7 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
     if run.backend == "ray":  # started (or joined) before anything on disk changes: a bad address loses no run
         from esrl.backends.ray_backend import RayBackend
 
-        ray_backend = RayBackend(run.workers, address=run.address or None, max_restarts=3 * run.workers or None)
+        ray_backend = RayBackend(run.workers, address=run.address or None)  # restarts: 3 per worker, as below
         workers = ray_backend.n  # workers 0: one worker actor per CPU of the cluster
     ctx = context()
     simulated = run.backend == "simulated"
@@ -153,8 +153,8 @@ def train_rl(algo: str, run: RunConfig, cfg: Any, overwrite: bool = False, resum
 
         clock = SimClock()
         store = SimStore(params, optim_spec(cfg), cfg.sync, cfg.shards)
-        backend = SimulatedBackend(workers, clock, NetSpec.of(run), costs, calibrate.rl_work(costs, cfg.envs_per_worker),
-                                WorkerModel.of(run))
+        backend = SimulatedBackend(workers, clock, NetSpec.of(run), costs,
+                                   calibrate.rl_work(costs, cfg.envs_per_worker), WorkerModel.of(run))
     elif serial:
         from esrl.backends.serial import SerialBackend
 
