@@ -48,6 +48,7 @@ bench: $(STAMP)
 # skips the runs its file holds (resumable). ZOO_CLASSES=box2d make zoo runs one class.
 ZOO_CLASSES ?= classic box2d mujoco atari
 zoo: $(STAMP)
+	$(BIN)/pip install -q -c constraints.txt -e '.[bench]'  # the SB3 rows: Stable-Baselines3 at the version they ran with
 	status=0; for c in $(ZOO_CLASSES); do \
 		$(BIN)/python benchmarks/zoo.py --class $$c --out benchmarks/results/zoo-$$c.jsonl || status=1; done; \
 	$(BIN)/python benchmarks/zoo.py render benchmarks/results/zoo-*.jsonl --doc docs/zoo.md; exit $$status
