@@ -93,6 +93,9 @@ def run_both(algo: str, workers: int, net: dict[str, float], quick: bool) -> dic
                 cfg = ALGORITHMS[algo](sync="hogwild", report_every=50)
                 train_rl(algo, RunConfig(**base, max_env_steps=steps), cfg, show_progress=False)
             out[backend] = rates(d)
+            if backend == "simulated":  # the calibration behind this run's figure, to see where a spread comes from
+                model = json.loads((d / "config.json").read_text())["resolved"]["cost_model"]
+                out["costs"] = {k: v for k, v in model.items() if isinstance(v, float) and v}
     return out
 
 
@@ -113,6 +116,7 @@ def main() -> None:
             sim, real = statistics.median(sims), statistics.median(reals)
             emit(name=f"{algo}_{key}_w{w}", algo=algo, workers=w, metric=key, simulated=sim, measured=real,
                  ratio=sim / real if real else None, simulated_runs=sims, measured_runs=reals,
+                 simulated_costs=[r["costs"] for r in runs],
                  sync=None if algo == "es" else "hogwild")
     emit(name="pipe", latency_us=latency_us, bandwidth_gbit=gbit, **provenance.stamp())
 
