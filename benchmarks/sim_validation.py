@@ -9,7 +9,7 @@ same run's speed moves by up to 2x from one run to the next, so each pair runs `
 alternating backends (each simulated run calibrates afresh); `ratio` = median simulated / median
 measured (issue 12 asks for 0.75-1.25), with every run's figure beside it. Prints one JSON line
 per comparison, then one line with the pipe and the load average. Run:
-    .venv/bin/python benchmarks/sim_validation.py [--workers 1,2] [--algos es,a3c,dqn] [--repeats 3] [--quick]
+    .venv/bin/python benchmarks/sim_validation.py [--workers 1,2] [--algos es,a3c,dqn] [--repeats 5] [--quick]
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--algos", default="es,a3c,dqn")
     parser.add_argument("--workers", default="1,2")
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each backend per comparison")
+    parser.add_argument("--repeats", type=int, default=5, help="runs of each backend per comparison")
     parser.add_argument("--quick", action="store_true", help="shorter runs (a smoke test, not a measurement)")
     args = parser.parse_args()
     latency_us, gbit = pipe_link()

@@ -146,12 +146,12 @@ def rl_costs(setup: Any, optim: Any, spec: envs.EnvSpec, seed: int, envs_per_wor
              budget_s: float = 2.0) -> CostModel:
     """RL: the env step, one acting forward over a worker's envs, the optimizer step on the whole vector, a
     copy of it, and an update's gradient: worker 0 of a scratch setup steps against a scratch store (the run's
-    own workers and shared memories are untouched) until 16 of its steps made updates; the least that one of those
-    steps took per update beyond acting, copying and applying is the update's cost. Every cost is the fastest of
-    its timings, as ES's are (`_task_fit`): the machine's own cost, with the least that other processes on a shared
-    machine add. With medians, a calibration taken in a slow second priced the whole run at it (simulated DQN
-    updates/s from 0.55x to 1.1x the processes backend's in sim_validation). Messages: the parameter server's
-    framing."""
+    own workers and shared memories are untouched) until 16 of its steps made updates; the median of what those
+    steps took per update beyond acting, copying and applying is the update's cost (steps differ in their work, so
+    not the least: that priced simulated updates/s 1.2-1.3x the processes backend's in sim_validation). The fixed
+    operations (env step, forward, optimizer step, copy, framing) are the fastest of their timings, as ES's are
+    (`_task_fit`): the machine's own cost, with the least that other processes on a shared machine add. Messages:
+    the parameter server's framing."""
     from esrl.rl import nets
     from esrl.rl import optim as rl_optim
     from esrl.stores.simulated import SimStore
@@ -180,7 +180,7 @@ def rl_costs(setup: Any, optim: Any, spec: envs.EnvSpec, seed: int, envs_per_wor
         if rep.updates:
             acting = rep.env_steps * step_s + rep.env_steps / envs_per_worker * call
             extra.append(max(0.0, (took - acting) / rep.updates - copy - apply))
-    update = min(extra) if extra else 0.0
+    update = float(np.median(extra)) if extra else 0.0
     source = "calibrated" if extra else f"calibrated (no update within {budget_s:g} s, e.g. learning_starts: update_s 0)"
     n = p.numel()
     raw = np.ones(n, np.float32)
