@@ -198,7 +198,8 @@ def compare(link: netns.Link, plan: Plan, tcp_seconds: float = 8.0) -> list[dict
             rec.update(tcp=tcp["updates_per_s"], ratio_tcp=sim["value"] / tcp["updates_per_s"],
                        tcp_link_busy=tcp["link_busy"])
         records.append(rec)
-    return [*records, dict(name="link", bandwidth_mbit=rate, **net, **provenance.stamp())]
+    command = " ".join(["python", "benchmarks/sim_network.py", *sys.argv[1:]])
+    return [*records, dict(name="link", bandwidth_mbit=rate, **net, command=command, **provenance.stamp())]
 
 
 def main() -> None:

@@ -243,10 +243,11 @@ def checks(records: list[dict[str, Any]], source: str) -> list[str]:
     out = ["", f"**Network** (`benchmarks/sim_network.py`): Ray on two network namespaces joined by a "
            f"{meta.get('bandwidth_mbit', 0):g} Mbit/s tbf-limited veth, the simulator at that bandwidth and the "
            f"veth's measured latency ({_fmt(meta.get('latency_us'))} us). {stamp}", "",
-           "| case | measured (Ray) | simulated | ratio | plain TCP | ratio to TCP | link busy (Ray) | bytes per "
-           "update, counted / on the wire |", "|---|---|---|---|---|---|---|---|"]
+           "| case | A3C hidden | measured (Ray) | simulated | ratio | plain TCP | ratio to TCP | link busy (Ray) | "
+           "bytes per update, counted / on the wire |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        out.append(f"| {r['name']} | {_fmt(r['measured'])} | {_fmt(r['simulated'])} | {r['ratio']:.2f} | "
+        hidden = ", ".join(str(h) for h in r["hidden"]) if r.get("hidden") else "-"
+        out.append(f"| {r['name']} | {hidden} | {_fmt(r['measured'])} | {_fmt(r['simulated'])} | {r['ratio']:.2f} | "
                    f"{_fmt(r.get('tcp'))} | {_fmt(r.get('ratio_tcp'))} | {_fmt(r.get('link_busy'))} | "
                    f"{_fmt(r.get('bytes_per_update'))} / {_fmt(r.get('wire_bytes_per_update'))} |")
     return out
@@ -274,7 +275,9 @@ def render(records: list[dict[str, Any]], doc: Path, check_files: list[str] | No
         found: list[str] = []
         for f in check_files:
             recs = load([f])
-            found += checks(recs, f"python benchmarks/{_bench_of(recs)} > {f}")
+            command = next((r["command"] for r in recs if r.get("name") in ("pipe", "link") and "command" in r),
+                           f"python benchmarks/{_bench_of(recs)}")
+            found += checks(recs, f"{command} > {f}")
         text = _replace(text, CHECKS_BEGIN, CHECKS_END, found, doc)
     doc.write_text(text)
 
