@@ -225,3 +225,102 @@ def test_reward_scaler_follows_vecnormalize():
 def test_reward_norm_is_refused_unless_on_or_off():
     with pytest.raises(InputError, match="reward_norm"):
         A3CConfig(reward_norm="yes").validate()
+
+
+class _Store:
+    """A store of one parameter vector for a worker in this process: pull copies it, push is recorded."""
+
+    def __init__(self, flat: torch.Tensor) -> None:
+        self.flat, self.pushed = flat.clone(), []
+
+    def pull(self, out: torch.Tensor) -> int:
+        out.copy_(self.flat)
+        return 0
+
+    def push(self, grad: torch.Tensor, version: int) -> None:
+        self.pushed.append(grad)
+
+
+def test_gsde_noise_is_the_features_times_one_matrix_per_rollout():
+    """With gSDE each env's action noise is (policy features) @ (a Gaussian matrix) held for the rollout
+    (sde_sample_freq -1), or for sde_sample_freq steps; log_std holds one entry per (feature, action)."""
+    from esrl.rl.a3c import StateNoise
+
+    spec = envs.spec_of("Pendulum-v1")
+    cfg = tiny(use_sde=True, log_std_init=0.0, n_steps=6)
+    setup = A3CSetup(cfg, spec, seed=3)
+    model = setup.build_model()
+    assert model.log_std.shape == (16, 1)
+    worker = setup.build_worker(0, _Store(nets.get_flat(model)))
+    inner, seen = worker.noise, []
+
+    class Recorder:  # what the worker's noise was given and gave, step by step
+        def reset(self) -> None:
+            inner.reset()
+
+        def __call__(self, mean: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+            seen.append((mean, z, inner(mean, z)))
+            return seen[-1][2]
+
+    worker.noise = Recorder()
+    worker.step()
+    assert len(seen) == 6
+    z = torch.cat([s[1] for s in seen])  # (6 * envs, 16): per step, the features of each env
+    noise = torch.stack([s[2] - s[0] for s in seen])  # (6, envs, 1)
+    matrix = inner.matrix  # (envs, 16, 1): one per env, the same at every step of the rollout
+    for t, (_, zt, _) in enumerate(seen):
+        assert torch.allclose(noise[t], torch.einsum("el,ela->ea", zt, matrix), atol=1e-6)
+    assert z.abs().sum() > 0 and noise.abs().sum() > 0
+    # a new matrix every 2 steps with sde_sample_freq 2
+    gen = torch.Generator().manual_seed(0)
+    every = StateNoise(model, 2, 2, gen)
+    every.reset()
+    mats = []
+    for _ in range(5):
+        every(torch.zeros(2, 1), torch.ones(2, 16))
+        mats.append(every.matrix.clone())
+    assert torch.equal(mats[0], mats[1]) and not torch.equal(mats[1], mats[2])
+    assert torch.equal(mats[2], mats[3]) and not torch.equal(mats[3], mats[4])
+
+
+def test_gsde_log_prob_is_the_gaussian_of_features_times_the_std_matrix():
+    """The loss scores an action under N(mean, sqrt(z^2 @ exp(log_std)^2)), z the policy features, detached: the
+    marginal of features x a Gaussian matrix; without gSDE the std is exp(log_std) as before."""
+    from esrl.rl.a3c import loss_terms
+
+    spec = envs.spec_of("Pendulum-v1")
+    model = A3CSetup(tiny(use_sde=True, log_std_init=-1.0), spec, seed=2).build_model()
+    obs = torch.randn(5, 3)
+    acts, adv, ret = torch.randn(5, 1), torch.ones(5), torch.zeros(5)
+    mean, _, z = model.features(obs)
+    std = (z.pow(2) @ torch.full((16, 1), -1.0).exp().pow(2) + 1e-6).sqrt()
+    want = torch.distributions.Normal(mean, std).log_prob(acts).sum(-1)
+    assert torch.allclose(loss_terms(model, obs, acts, adv, ret)["policy"], -want.mean(), atol=1e-6)
+    plain = A3CSetup(tiny(), spec, seed=2).build_model()
+    assert plain.log_std.shape == (1,)
+    mean, _ = plain(obs)
+    want = torch.distributions.Normal(mean, plain.log_std.exp()).log_prob(acts).sum(-1)
+    assert torch.allclose(loss_terms(plain, obs, acts, adv, ret)["policy"], -want.mean(), atol=1e-6)
+
+
+def test_gsde_is_refused_where_it_cannot_run(tmp_path):
+    with pytest.raises(InputError, match="sde_sample_freq"):
+        A3CConfig(sde_sample_freq=0).validate()
+    with pytest.raises(InputError, match="use_sde"):
+        A3CConfig(use_sde=True, sync="ga3c").validate()
+    with pytest.raises(InputError, match=r"use_sde.*discrete"):
+        train_rl("a3c", run_cfg(tmp_path / "c"), tiny(use_sde=True), show_progress=False)
+    assert not (tmp_path / "c").exists()
+
+
+def test_gsde_trains_and_its_policy_samples(tmp_path):
+    from esrl.policy import load
+
+    s = train_rl("a3c", run_cfg(tmp_path / "g", env="MountainCarContinuous-v0", max_iterations=2),
+                 tiny(use_sde=True, sde_sample_freq=4), show_progress=False)
+    assert s["updates"] >= 20
+    policy = load(str(tmp_path / "g"))
+    obs = np.zeros((3, 2), np.float32)
+    a, b = policy.predict(obs, deterministic=False)[0], policy.predict(obs, deterministic=False)[0]
+    assert a.shape == (3, 1) and not np.array_equal(a, b)
+    assert np.array_equal(policy.predict(obs)[0], policy.predict(obs)[0])

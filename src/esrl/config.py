@@ -228,10 +228,18 @@ class A3CConfig:
     obs_norm: str = _f("auto", OBS_NORM_HELP, ("auto", "on", "off"))
     clip_rewards: str = _f("auto", CLIP_REWARDS_HELP, ("auto", "on", "off"))
     reward_norm: str = _f("off", REWARD_NORM_HELP, ("on", "off"))
+    log_std_init: float = _f(-0.5, "initial log standard deviation of continuous actions")
+    use_sde: bool = _f(False, "generalized state-dependent exploration (gSDE, Raffin et al. 2022) for continuous "
+                       "actions: noise = policy features x a Gaussian matrix held for sde_sample_freq steps")
+    sde_sample_freq: int = _f(-1, "env steps between gSDE noise matrices (-1: one per rollout)")
 
     def validate(self) -> None:
         _validate_rl(self, "ga3c")
         _check(self.reward_norm in ("on", "off"), "reward_norm", f"unknown {self.reward_norm!r}", "on, off")
+        _check(self.sde_sample_freq == -1 or self.sde_sample_freq >= 1, "sde_sample_freq",
+               f"must be -1 or >= 1, got {self.sde_sample_freq}")
+        _check(not (self.use_sde and self.sync == "ga3c"), "use_sde",
+               "GA3C's predictor samples Gaussian actions only", "--no-use-sde, or another sync")
         _check(0 <= self.gae_lambda <= 1, "gae_lambda", f"must be in [0, 1], got {self.gae_lambda}")
         _check(self.entropy_coef >= 0, "entropy_coef", f"must be >= 0, got {self.entropy_coef}")
         _check(self.value_coef >= 0, "value_coef", f"must be >= 0, got {self.value_coef}")
@@ -405,5 +413,7 @@ def check_combination(algo: str, run: RunConfig, cfg: Any, obs_onehot: bool = Fa
                    "off")
         _check(not obs_onehot, "env", f"{run.env} has Discrete observations; the RL networks take Box ones",
                "an env with a Box observation space")
+        _check(not (getattr(cfg, "use_sde", False) and spec is not None and spec.discrete), "use_sde",
+               f"gSDE perturbs continuous actions, and {run.env}'s are discrete", "--no-use-sde")
     elif run.backend == "vectorized":  # envs without a torch version step in Gymnasium, policies stay batched
         _check(cfg.action_noise == 0, "action_noise", "the vectorized backend does not add action noise yet", "0")

@@ -204,10 +204,11 @@ def _a3c_sampler(model: Any, spec: envs.EnvSpec, seed: int) -> Act:
 
     def sample(x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            out, _ = model(torch.from_numpy(x))
+            out, _, z = model.features(torch.from_numpy(x))
             if spec.discrete:
                 return torch.multinomial(torch.softmax(out, -1), 1, generator=gen).squeeze(-1).numpy()
-            noisy = out + model.log_std.exp() * torch.randn(out.shape, generator=gen)
+            # gSDE's action, one fresh noise matrix per call, has this Gaussian marginal
+            noisy = out + model.action_std(z) * torch.randn(out.shape, generator=gen)
             return np.clip(noisy.numpy(), spec.low, spec.high)
 
     return sample

@@ -33,7 +33,7 @@ class A3CSetup:
 
     def build_model(self) -> nets.ActorCritic:
         return nets.seeded(self.seed, "a3c_init", nets.ActorCritic, self.spec, self.cfg.hidden,  # type: ignore
-                           self.cfg.shared_trunk, self.cfg.obs_norm == "on")
+                           self.cfg.shared_trunk, self.cfg.obs_norm == "on", self.cfg.log_std_init, self.cfg.use_sde)
 
     def build_worker(self, wid: int, client: Any) -> A3CWorker:
         return A3CWorker(self, wid, client)
@@ -77,13 +77,13 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, terminal: torch.Tensor, las
 def loss_terms(model: nets.ActorCritic, obs: torch.Tensor, actions: torch.Tensor, adv: torch.Tensor,
                returns: torch.Tensor) -> dict[str, torch.Tensor]:
     """Policy, value and entropy terms of the actor-critic loss on flattened (T*E) data."""
-    out, values = model(obs)
+    out, values, z = model.features(obs)
     if model.spec.discrete:
         logp_all = torch.log_softmax(out, -1)
         logp = logp_all.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
         entropy = -(logp_all.exp() * logp_all).sum(-1)
     else:
-        dist = torch.distributions.Normal(out, model.log_std.exp())
+        dist = torch.distributions.Normal(out, model.action_std(z))
         logp = dist.log_prob(actions).sum(-1)
         entropy = dist.entropy().sum(-1)
     return {"policy": -(logp * adv).mean(), "value": (returns - values).pow(2).mean(), "entropy": entropy.mean()}
@@ -176,6 +176,29 @@ def rollout(envs: EnvSlots, t_len: int, forward: Forward, sample: Callable[[torc
     return Trajectory(obs_buf, torch.stack(acts), rew_buf, term_buf, val_buf, (out, value))
 
 
+class StateNoise:
+    """gSDE's exploration (Raffin et al. 2022, as in Stable-Baselines3): each env's action noise is its policy
+    features times a Gaussian matrix drawn from the worker's stream with the current exp(log_std), held for
+    `every` steps (-1: the whole rollout), so an env explores along one smooth direction for a while instead of
+    jittering at every step."""
+
+    def __init__(self, model: nets.ActorCritic, envs: int, every: int, gen: torch.Generator) -> None:
+        self.model, self.envs, self.every, self.gen = model, envs, every, gen
+        self.matrix = torch.zeros(0)
+        self.steps = 0
+
+    def reset(self) -> None:
+        std = self.model.log_std.detach().exp()
+        self.matrix = std * torch.randn((self.envs, *std.shape), generator=self.gen)
+        self.steps = 0
+
+    def __call__(self, mean: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        if self.every > 0 and self.steps and self.steps % self.every == 0:
+            self.reset()
+        self.steps += 1
+        return mean + torch.einsum("el,ela->ea", z, self.matrix)
+
+
 class A3CWorker:
     """One A3C worker: `step()` is one update (pull, n env steps, gradient, push)."""
 
@@ -190,8 +213,21 @@ class A3CWorker:
         self.obs = RunningObs(setup.spec, setup.obs_stat) if self.model.norm.enabled else None
         self.clip_rewards = self.cfg.clip_rewards == "on"
         self.scale = RewardScaler(self.cfg.envs_per_worker, self.cfg.gamma) if self.cfg.reward_norm == "on" else None
+        self.noise = StateNoise(self.model, self.cfg.envs_per_worker, self.cfg.sde_sample_freq, self.gen) \
+            if self.model.sde else None
+        self.z = torch.zeros(0)  # gSDE: the policy features of the observations `forward` saw last
+
+    def forward(self, x: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """The acting forward. `rollout` calls it on the envs' observations last before each `sample` (a
+        truncated episode's bootstrap comes before), so with gSDE `self.z` holds the features of what is sampled."""
+        if self.noise is None:
+            return self.model(torch.from_numpy(x))
+        out, value, self.z = self.model.features(torch.from_numpy(x))
+        return out, value
 
     def sample(self, out: torch.Tensor) -> torch.Tensor:
+        if self.noise is not None:
+            return self.noise(out, self.z)
         return sample_actions(out, None if self.setup.spec.discrete else self.model.log_std, self.gen,
                               self.setup.spec.discrete)
 
@@ -203,8 +239,10 @@ class A3CWorker:
             nets.set_normalizer(self.model, self.obs.stat)
         t_len, e = cfg.n_steps, cfg.envs_per_worker
         with torch.no_grad():
-            tr = rollout(self.envs, t_len, lambda x: self.model(torch.from_numpy(x)), self.sample, cfg.gamma,
-                         self.clip_rewards, report, scale=self.scale)
+            if self.noise is not None:  # a fresh matrix per rollout, with the std just pulled
+                self.noise.reset()
+            tr = rollout(self.envs, t_len, self.forward, self.sample, cfg.gamma, self.clip_rewards, report,
+                         scale=self.scale)
             obs_buf = tr.obs
             values = self.model(obs_buf.view(t_len * e, -1))[1].view(t_len, e)
             adv, returns = gae(tr.rewards, values, tr.terminal, tr.last[1], cfg.gamma, cfg.gae_lambda)

@@ -87,7 +87,8 @@ class ActorCritic(nn.Module):
     Image frames (Atari) always share a Nature CNN trunk, with linear heads.
     """
 
-    def __init__(self, spec: EnvSpec, hidden: Sequence[int], shared: bool = True, obs_norm: bool = False) -> None:
+    def __init__(self, spec: EnvSpec, hidden: Sequence[int], shared: bool = True, obs_norm: bool = False,
+                 log_std_init: float = -0.5, sde: bool = False) -> None:
         super().__init__()
         self.spec, self.shared = spec, shared
         self.norm = ObsNorm(spec.obs_dim, obs_norm and not spec.image)  # holds no parameters: init draws unchanged
@@ -105,12 +106,29 @@ class ActorCritic(nn.Module):
             self.trunk = nn.Identity()
             self.pi = mlp([spec.obs_dim, *hidden, out], out_gain=0.01)
             self.v = mlp([spec.obs_dim, *hidden, 1], out_gain=1.0)
-        if not spec.discrete:
-            self.log_std = nn.Parameter(torch.full((out,), -0.5))
+        self.sde = sde and not spec.discrete
+        if not spec.discrete:  # gSDE: one log std per (policy feature, action), else one per action
+            head = self.pi[-1]
+            assert isinstance(head, nn.Linear)
+            shape = (head.in_features, out) if self.sde else (out,)
+            self.log_std = nn.Parameter(torch.full(shape, float(log_std_init)))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.trunk(self.norm(x))
         return self.pi(h), self.v(h).squeeze(-1)
+
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(policy outputs, values, policy features): the features are the input of the policy's last layer."""
+        h = self.trunk(self.norm(x))
+        z = self.pi[:-1](h)
+        return self.pi[-1](z), self.v(h).squeeze(-1), z
+
+    def action_std(self, z: torch.Tensor) -> torch.Tensor:
+        """The standard deviation of each continuous action: exp(log_std); with gSDE, that of features x a Gaussian
+        matrix, sqrt(z^2 @ exp(log_std)^2), the features held fixed (gSDE's learn_features=False)."""
+        if not self.sde:
+            return self.log_std.exp().expand(z.shape[0], -1)
+        return (z.detach().pow(2) @ self.log_std.exp().pow(2) + 1e-6).sqrt()
 
 
 class QNet(nn.Module):
