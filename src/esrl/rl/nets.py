@@ -120,8 +120,11 @@ class ActorCritic(nn.Module):
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(policy outputs, values, policy features): the features are the input of the policy's last layer."""
         h = self.trunk(self.norm(x))
-        z = self.pi[:-1](h)
-        return self.pi[-1](z), self.v(h).squeeze(-1), z
+        *body, head = self.pi  # unpacked, not sliced: a slice builds a new Sequential on every call
+        z = h
+        for layer in body:
+            z = layer(z)
+        return head(z), self.v(h).squeeze(-1), z
 
     def action_std(self, z: torch.Tensor) -> torch.Tensor:
         """The standard deviation of each continuous action: exp(log_std); with gSDE, that of features x a Gaussian
