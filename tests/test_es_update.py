@@ -3,6 +3,7 @@
 import dataclasses
 
 import numpy as np
+import pytest
 
 from esrl import envs
 from esrl.es import algorithm as es
@@ -101,3 +102,29 @@ def test_greedy_act_on_a_batch_is_bit_identical_to_acting_row_by_row():
         one_by_one = np.concatenate([act(obs[i : i + 1]) for i in range(len(obs))])
         assert np.array_equal(act(obs), one_by_one), env_id
         assert np.array_equal(act(obs[3:11]), one_by_one[3:11]), env_id
+
+
+def test_common_seeds_start_each_pair_or_the_whole_population_from_one_state():
+    assert len(set(es.episode_seeds(3, 5, 16).tolist())) == 16
+    pair = es.episode_seeds(3, 5, 16, "pair")
+    assert np.array_equal(pair[0::2], pair[1::2]) and len(set(pair.tolist())) == 8
+    assert len(set(es.episode_seeds(3, 5, 16, "population").tolist())) == 1
+    # the seeds reach the env: with a vanishing perturbation a pair plays the same episode
+    spec = envs.spec_of("Pendulum-v1")
+    for common, same in (("pair", True), ("none", False)):
+        rep = es.ESSetup(tiny_es(population=4, sigma=1e-9, obs_norm=False, common_seeds=common), spec, seed=1).build()
+        returns = rep.run(("pop", 0, 0, 4))["returns"]
+        assert np.isclose(returns[0], returns[1], rtol=1e-6) == same, common
+        assert not np.isclose(returns[0], returns[2], rtol=1e-6)
+
+
+def test_common_seeds_refusals(tmp_path):
+    from esrl.errors import InputError
+    from esrl.train import train
+    from tests.conftest import tiny_run
+
+    with pytest.raises(InputError, match=r"^common_seeds: "):
+        tiny_es(mirrored=False, common_seeds="pair").validate()
+    with pytest.raises(InputError, match=r"^common_seeds: "):
+        train(tiny_run(tmp_path / "r", backend="vectorized"), tiny_es(common_seeds="pair"), show_progress=False)
+    assert not (tmp_path / "r").exists()

@@ -168,6 +168,8 @@ class ESConfig:
     obs_clip: float = _f(5.0, "clip normalized observations to +-this")
     adaptive_cap: bool = _f(False, "cap episodes at 2 x the previous iteration's mean length")
     action_noise: float = _f(0.0, "std of Gaussian noise added to policy outputs during training")
+    common_seeds: str = _f("none", "episodes of one iteration that start from the same env reset seed (common random "
+                           "numbers): none, each mirrored pair, or the whole population", ("none", "pair", "population"))
     noise_table_size: int = _f(0, "noise table entries (0 = max(4M, 64 x parameters))")
     chunk: int = _f(0, "members per task sent to a worker (0 = automatic)")
 
@@ -192,6 +194,10 @@ class ESConfig:
         _check(0 <= self.obs_norm_fraction <= 1, "obs_norm_fraction", f"must be in [0, 1], got {self.obs_norm_fraction}")
         _check(self.obs_clip > 0, "obs_clip", f"must be > 0, got {self.obs_clip}")
         _check(self.action_noise >= 0, "action_noise", f"must be >= 0, got {self.action_noise}")
+        _check(self.common_seeds in ("none", "pair", "population"), "common_seeds", f"unknown {self.common_seeds!r}",
+               "none, pair, population")
+        if self.common_seeds == "pair":
+            _check(self.mirrored, "common_seeds", "pair needs mirrored sampling", "none or population, or --mirrored")
         _check(self.noise_table_size >= 0, "noise_table_size", f"must be >= 0, got {self.noise_table_size}")
         _check(self.chunk >= 0, "chunk", f"must be >= 0, got {self.chunk}")
 
@@ -417,3 +423,5 @@ def check_combination(algo: str, run: RunConfig, cfg: Any, obs_onehot: bool = Fa
                f"gSDE perturbs continuous actions, and {run.env}'s are discrete", "--no-use-sde")
     elif run.backend == "vectorized":  # envs without a torch version step in Gymnasium, policies stay batched
         _check(cfg.action_noise == 0, "action_noise", "the vectorized backend does not add action noise yet", "0")
+        _check(cfg.common_seeds == "none", "common_seeds",
+               "the vectorized backend draws its start states per batch, not per member, yet", "none")

@@ -52,6 +52,8 @@ SPACES: dict[str, tuple[Param, ...]] = {
         Param("l2", 1e-5, 1e-2, log=True, why="the paper's l2coeff 0.005 and a decade either side"),
         Param("hidden", choices=("16", "32", "32,32", "64,64"), why="small MLPs up to the paper's 2x64 MuJoCo "
               "policy; ES's search slows with every parameter"),
+        Param("common_seeds", choices=("none", "pair"), why="whether a mirrored pair starts from one state, so "
+              "its difference in return is the perturbation's; matters where start states vary the return"),
     ),
     "a3c": (
         Param("lr", 1e-4, 3e-3, log=True, why="the A3C paper's LogUniform(1e-4, 1e-2), cut at 3e-3: the "

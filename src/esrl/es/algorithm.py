@@ -103,7 +103,7 @@ class ESReplica:
         seed, n = self.setup.seed, self.cfg.population
         mean, inv_std = self.normalizer()
         members = np.arange(lo, hi)
-        seeds = episode_seeds(seed, t, n)[lo:hi]
+        seeds = episode_seeds(seed, t, n, self.cfg.common_seeds)[lo:hi]
         record = obs_record_mask(seed, t, n, self.cfg.obs_norm_fraction if self.obs_norm else 0.0)[lo:hi]
         rows = max(1, MAX_BATCH_FLOATS // self.dim)
         returns, lengths, obs = [], [], []
@@ -249,9 +249,19 @@ def make_policy(spec: envs.EnvSpec, cfg: ESConfig, seed: int) -> Policy:
 
 # --- coordinator-side pure functions ----------------------------------------------------------
 
-def episode_seeds(seed: int, t: int, population: int) -> np.ndarray:
-    """Env reset seeds of iteration t's members (a pure function of seed, t, member)."""
-    return seeding.rng(seed, "episode_seeds", t).integers(0, 2**31 - 1, size=population)
+def episode_seeds(seed: int, t: int, population: int, common: str = "none") -> np.ndarray:
+    """Env reset seeds of iteration t's members (a pure function of seed, t, member).
+
+    `common` shares them (common random numbers): "pair" gives members 2k and 2k+1, the mirrored
+    pair, one seed, so their difference in return is the perturbation's and not the start
+    state's; "population" gives every member of the iteration the same one.
+    """
+    draw = seeding.rng(seed, "episode_seeds", t).integers
+    if common == "pair":
+        return np.repeat(draw(0, 2**31 - 1, size=population // 2), 2)
+    if common == "population":
+        return np.full(population, draw(0, 2**31 - 1), np.int64)
+    return draw(0, 2**31 - 1, size=population)
 
 
 def obs_record_mask(seed: int, t: int, population: int, fraction: float) -> np.ndarray:
