@@ -189,6 +189,8 @@ def test_every_space_samples_settings_that_validate():
             settings = sample(trial, SPACES[algo])
             if algo == "es" and settings["population"] % 2:
                 settings["population"] += 1
+            if algo == "es" and end == 0:
+                assert settings["hidden"] == []  # the choice "linear": no hidden layer
             config.build(config.ALGORITHMS[algo], settings).validate()
 
 

@@ -122,7 +122,9 @@ def sample(trial: Any, space: tuple[Param, ...]) -> dict[str, Any]:
             v = trial.suggest_int(p.name, p.low, p.high, log=p.log)
         else:
             v = float(f"{trial.suggest_float(p.name, float(p.low or 0), float(p.high or 0), log=p.log):.3g}")
-        out[p.name] = parse_ints(v) if p.name.endswith("hidden") and isinstance(v, str) else v
+        if p.name.endswith("hidden") and isinstance(v, str):  # "linear": no hidden layer
+            v = parse_ints("" if v == "linear" else v)
+        out[p.name] = v
     return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
 

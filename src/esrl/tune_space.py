@@ -50,8 +50,8 @@ SPACES: dict[str, tuple[Param, ...]] = {
         Param("lr", 0.002, 0.2, log=True, why="Adam on the flat vector: the paper's 0.01 to CartPole's 0.05, "
               "a factor 4-5 beyond each"),
         Param("l2", 1e-5, 1e-2, log=True, why="the paper's l2coeff 0.005 and a decade either side"),
-        Param("hidden", choices=("16", "32", "32,32", "64,64"), why="small MLPs up to the paper's 2x64 MuJoCo "
-              "policy; ES's search slows with every parameter"),
+        Param("hidden", choices=("linear", "16", "32", "32,32", "64,64"), why="a linear policy (ARS's on MuJoCo) "
+              "and small MLPs up to the paper's 2x64 MuJoCo policy; ES's search slows with every parameter"),
         Param("common_seeds", choices=("none", "pair"), why="whether a mirrored pair starts from one state, so "
               "its difference in return is the perturbation's; matters where start states vary the return"),
     ),
