@@ -228,3 +228,13 @@ def test_optuna_is_imported_only_by_a_tune():
     code = "import sys, esrl.cli, esrl.tune; print('optuna' in sys.modules)"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert res.stdout.strip() == "False"
+
+
+def test_vectorized_tunes_leave_out_shared_seeds(tmp_path):
+    """The vectorized backend refuses common_seeds, so its trials never sample it."""
+    from esrl.tune import Tuner
+
+    names = {p.name for p in Tuner("es", _spec(tmp_path / "t", backend="vectorized"), None, None, True).space}
+    assert "common_seeds" not in names and "sigma" in names
+    assert "common_seeds" in {p.name for p in Tuner("es", _spec(tmp_path / "u"), None, None, True).space}
+    assert not (tmp_path / "t").exists()

@@ -204,6 +204,8 @@ class Tuner:
         spec.validate()
         self.algo, self.spec, self.quiet = algo, spec, quiet
         self.space = SPACES[algo] if space is None else space
+        if spec.backend == "vectorized":  # it draws start states per batch and refuses shared seeds
+            self.space = tuple(p for p in self.space if p.name != "common_seeds")
         self.out = Path(spec.out or f"tunes/{algo}-{zoo.file_name(spec.env)[:-5]}")
         self.algo_cls = config.ALGORITHMS[algo]
         preset_values, self.preset = zoo.resolve(algo, {"env": spec.env}, from_config_file=False)
