@@ -86,8 +86,9 @@ def test_train_picks_records_and_yields_to_options(tmp_path):
     assert "settings from the zoo:" in res.stderr and "es/Pendulum-v1.toml" in res.stderr
     stored = json.loads((run / "config.json").read_text())
     assert stored["run"]["preset"].endswith("es/Pendulum-v1.toml")
-    assert stored["es"]["population"] == 8  # the option given beats the preset's 256
-    assert stored["es"]["hidden"] == [64, 64] and stored["es"]["sigma"] == 0.05  # the rest is the preset's
+    preset, _ = zoo.algo_preset("es", "Pendulum-v1")
+    assert stored["es"]["population"] == 8 != preset["population"]  # the option given beats the preset's
+    assert stored["es"]["hidden"] == list(preset["hidden"]) and stored["es"]["sigma"] == preset["sigma"]  # the rest
     # the env's measurement settings: the target Gymnasium lacks, the evaluation schedule
     assert stored["run"]["target_return"] == -200.0 and stored["run"]["eval_episodes"] == 30
 
@@ -130,7 +131,9 @@ def test_a_sweep_gives_each_arm_its_preset_and_every_arm_the_same_measurement():
 
     spec = SweepSpec(algos=["es", "a3c"], env="Pendulum-v1", workers=[1])
     spec.validate()
-    assert spec.arm_config("es").population == 256 and spec.arm_config("a3c").gamma == 0.9
+    preset, _ = zoo.algo_preset("es", "Pendulum-v1")
+    assert spec.arm_config("es").population == preset["population"] != config.ESConfig().population
+    assert spec.arm_config("a3c").gamma == 0.9
     assert spec.arm_preset("es").endswith("es/Pendulum-v1.toml")
     run = spec.run_config(1, 0, Path("."))
     assert (run.target_return, run.eval_every_steps, run.eval_episodes) == (-200.0, 50_000, 30)
