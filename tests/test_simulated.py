@@ -19,7 +19,7 @@ from esrl.errors import InputError
 from esrl.es import algorithm as es
 from esrl.sim.costs import CostModel, load
 from esrl.sim.faults import WorkerModel
-from esrl.sim.network import COORDINATOR, NetSpec, Network, tree_parent
+from esrl.sim.network import COORDINATOR, ETHERNET, Framing, NetSpec, Network, tree_parent
 from esrl.train import train
 from esrl.train_rl import train_rl
 from tests.conftest import det_metrics, final_state, tiny_run
@@ -224,7 +224,7 @@ def test_calibrated_costs_are_recorded_and_reusable(tmp_path: Path) -> None:
 
 def test_network_links_queue_then_latency() -> None:
     env = simpy.Environment()
-    net = Network(env, NetSpec(bandwidth=1000.0, latency=0.5))
+    net = Network(env, NetSpec(bandwidth=1000.0, latency=0.5, framing=Framing(frame=0, ack=0)))  # payload only
     arrived: dict[str, float] = {}
 
     def send(name: str, src: Any, nbytes: int) -> Any:
@@ -236,6 +236,37 @@ def test_network_links_queue_then_latency() -> None:
     env.process(send("c", ("worker", 2), 0))  # behind b too: one message at a time per link
     env.run()
     assert arrived == pytest.approx({"a": 0.1 + 0.5, "b": 0.2 + 0.5, "c": 0.2 + 0.5})
+
+
+def test_framing_segments_headers_and_acks() -> None:
+    f = ETHERNET
+    assert [float(f.segments(n)) for n in (0, 1, 1448, 1449, 80_000)] == [1, 1, 1, 2, 56]
+    assert float(f.wire_bytes(80_000)) == 80_000 + 90 * 56 and float(f.ack_bytes(80_000)) == 84 * 28
+    assert float(f.ack_bytes(1)) == 84  # a lone segment is ACKed too
+    # a large message moves at 1448 / 1538 of the bit rate: Gigabit Ethernet's 941 Mbit/s of TCP goodput
+    assert 1e6 / float(f.wire_bytes(1e6)) == pytest.approx(0.9415, abs=1e-3)
+    # several messages are taken as equal in size; arrays work as the scaling model uses them
+    assert float(f.segments(3000, 2)) == 4 and float(f.segments(10, 0)) == 0
+    assert np.allclose(f.wire_bytes(np.array([1000.0, 4000.0]), np.array([1.0, 2.0])), [1090, 4360])
+
+
+def test_network_charges_frames_then_the_reverse_acks() -> None:
+    env = simpy.Environment()
+    framing = Framing(mss=100, frame=10, ack=5, ack_every=2)
+    net = Network(env, NetSpec(bandwidth=1000.0, latency=0.0, framing=framing))
+    arrived: list[float] = []
+
+    def exchange() -> Any:
+        yield from net.transfer(("worker", 0), COORDINATOR, 250)  # 3 segments, 280 bytes; 2 ACKs owed back
+        arrived.append(env.now)
+        yield from net.transfer(COORDINATOR, ("worker", 0), 100)  # 110 bytes + the 10 bytes of ACKs it carries
+        arrived.append(env.now)
+        yield from net.transfer(COORDINATOR, ("worker", 0), 100)  # its predecessor's ACKs went the other way
+        arrived.append(env.now)
+
+    env.process(exchange())
+    env.run()
+    assert arrived == pytest.approx([0.28, 0.40, 0.51])
 
 
 def test_tree_parents_and_worker_draws() -> None:

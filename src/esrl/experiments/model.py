@@ -15,7 +15,9 @@ Per arm, from the sweep's runs:
          loops, unbounded.
 A hub link of bandwidth B (x shards for a sharded parameter server) carries all traffic, and
 each message costs latency L on its worker:
-  T(n) = W(n) [max(c / min(n, k), b(n) / B) + m(n) L / n],   S(n) = T(1) / T(n).
+  T(n) = W(n) [max(c / min(n, k), w(n) / B) + m(n) L / n],   S(n) = T(1) / T(n),
+where w(n) is b(n) on the wire: TCP/IPv4 on Ethernet, its segment headers and ACKs, as in the
+simulator (`sim.network.Framing`, the m(n) messages of a step taken as equal in size).
 `grow=True` is the paper's setting for ES: the population grows with the workers,
 P(n) = P n / n_ref (n_ref: the largest measured worker count), so the broadcast per iteration
 grows as n P(n); W stays as fitted (an assumption: larger populations may need more steps).
@@ -32,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from esrl import config
+from esrl.sim.network import ETHERNET
 
 SHAPED_RETURN_BYTES = 4.0  # one float32 per member in an ES broadcast
 BAND_GBIT = (0.1, 100.0)  # the sensitivity band of the extrapolation
@@ -196,9 +199,11 @@ def predict_time(f: dict[str, Any], n: np.ndarray, bandwidth: float, latency: fl
     link = bandwidth * (shards if shards is not None else f.get("shards", 1))
     w = steps_at(f, n)
     compute = f["compute_s_per_step"] / np.minimum(n, tasks_at(f, n, grow))
+    payload, messages = bytes_per_step(f, n, grow), messages_per_step(f, n, grow)
+    wire = ETHERNET.wire_bytes(payload, messages) + ETHERNET.ack_bytes(payload, messages)
     with np.errstate(divide="ignore", invalid="ignore"):
-        traffic = bytes_per_step(f, n, grow) / link
-    return np.asarray(w * (np.maximum(compute, traffic) + messages_per_step(f, n, grow) * latency / n), float)
+        traffic = wire / link
+    return np.asarray(w * (np.maximum(compute, traffic) + messages * latency / n), float)
 
 
 def predict_speedup(f: dict[str, Any], n: np.ndarray, bandwidth: float, latency: float, grow: bool = False,
