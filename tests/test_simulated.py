@@ -250,7 +250,7 @@ def test_framing_segments_headers_and_acks() -> None:
     assert np.allclose(f.wire_bytes(np.array([1000.0, 4000.0]), np.array([1.0, 2.0])), [1090, 4360])
 
 
-def test_network_charges_frames_then_the_reverse_acks() -> None:
+def test_network_charges_frames_and_the_acks_a_busy_link_owes() -> None:
     env = simpy.Environment()
     framing = Framing(mss=100, frame=10, ack=5, ack_every=2)
     net = Network(env, NetSpec(bandwidth=1000.0, latency=0.0, framing=framing))
@@ -263,10 +263,20 @@ def test_network_charges_frames_then_the_reverse_acks() -> None:
         arrived.append(env.now)
         yield from net.transfer(COORDINATOR, ("worker", 0), 100)  # its predecessor's ACKs went the other way
         arrived.append(env.now)
+        # 285 bytes: the worker's uplink still owes the ACK of the message just received, 2 ACKs owed back
+        yield from net.transfer(("worker", 0), COORDINATOR, 250)
+        yield env.timeout(0.004)  # the idle links send 4 of their 10 bytes of ACKs
+        yield from net.transfer(COORDINATOR, ("worker", 0), 100)  # 110 + 6
+        arrived.append(env.now)
+        yield from net.transfer(("worker", 0), COORDINATOR, 250)
+        yield env.timeout(0.5)  # long enough to send them all
+        yield from net.transfer(COORDINATOR, ("worker", 0), 100)
+        arrived.append(env.now)
 
     env.process(exchange())
     env.run()
-    assert arrived == pytest.approx([0.28, 0.40, 0.51])
+    t = 0.51 + 0.285 + 0.004 + 0.116
+    assert arrived == pytest.approx([0.28, 0.40, 0.51, t, t + 0.285 + 0.5 + 0.11])
 
 
 def test_tree_parents_and_worker_draws() -> None:
