@@ -242,7 +242,9 @@ def checks(records: list[dict[str, Any]], source: str) -> list[str]:
         return out
     out = ["", f"**Network** (`benchmarks/sim_network.py`): Ray on two network namespaces joined by a "
            f"{meta.get('bandwidth_mbit', 0):g} Mbit/s tbf-limited veth, the simulator at that bandwidth and the "
-           f"veth's measured latency ({_fmt(meta.get('latency_us'))} us). {stamp}", "",
+           f"veth's measured latency ({_fmt(meta.get('latency_us'))} us). A3C: updates per second; ES: seconds "
+           f"per iteration, {'the median iteration' if any('measured_mean' in r for r in rows) else 'the mean'}. "
+           f"{stamp}", "",
            "| case | A3C hidden | measured (Ray) | simulated | ratio | plain TCP | ratio to TCP | link busy (Ray) | "
            "bytes per update, counted / on the wire |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
