@@ -23,7 +23,7 @@ iteration for ES), `wire_bytes_per_update` (what crossed the veth, both directio
 TCP headers, ACKs, Ray's framing and control traffic); `link_busy`, `sim_link_busy`,
 `tcp_link_busy`: the busier direction's bytes over the rate (the link is the bottleneck near 1).
 Then one line with the link. Needs root; about 90 s. Run:
-    .venv/bin/python benchmarks/sim_network.py [--rate-mbit 20] [--seconds 15] [--hidden 96,96]
+    .venv/bin/python benchmarks/sim_network.py [--rate-mbit 20] [--seconds 15] [--hidden 96,96] [--a3c-workers 4,2]
 """
 
 from __future__ import annotations
@@ -216,6 +216,7 @@ def main() -> None:
     parser.add_argument("--rate-mbit", type=float, default=20.0)
     parser.add_argument("--seconds", type=float, default=Plan.seconds, help="A3C: seconds measured per run, from its first metrics line")
     parser.add_argument("--hidden", default="96,96", help="A3C hidden sizes")
+    parser.add_argument("--a3c-workers", default="4,2", help="A3C's worker counts, one case each (ES runs on 2)")
     parser.add_argument("--driver", metavar="ADDRESS", help=argparse.SUPPRESS)  # inside namespace A, with:
     parser.add_argument("--dev", help=argparse.SUPPRESS)
     parser.add_argument("--plan", help=argparse.SUPPRESS)
@@ -227,7 +228,8 @@ def main() -> None:
     if why:
         sys.exit(f"sim_network: {why}")
     hidden = tuple(int(x) for x in args.hidden.split(","))
-    plan = Plan(cases=tuple(dataclasses.replace(c, hidden=hidden) for c in Plan.cases), seconds=args.seconds)
+    cases = (*(Case("a3c", int(w), hidden) for w in args.a3c_workers.split(",")), Case("es", 2))
+    plan = Plan(cases=cases, seconds=args.seconds)
     t0 = time.perf_counter()
     with netns.two_namespaces(args.rate_mbit) as link:
         for record in compare(link, plan):
