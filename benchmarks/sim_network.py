@@ -11,7 +11,7 @@ carry more. A3C (param-server, one shard) and ES run through esrl's Python API (
 and `latency_us` = half the TCP round trip measured over the idle veth; and A3C's messages run once
 more over plain TCP sockets (`netns.ps_pattern`: the same sizes, the simulator's compute between
 them, no Ray), which tells the network model's error from Ray's. The simulator charges TCP/IPv4 on
-Ethernet's framing (`sim.network.Framing`: 90 bytes per segment, ACKs on the reverse link); the tbf
+Ethernet's framing (`sim.framing.Framing`: 90 bytes per segment, ACKs on the reverse link); the tbf
 counts 66 of those 90 (no FCS, preamble or gap on a veth), so on this link the model is about 2%
 slow for large messages. Rates are taken over the metrics lines after the first (start-up
 excluded), evaluations off; ES's is its median iteration.

@@ -17,7 +17,7 @@ A hub link of bandwidth B (x shards for a sharded parameter server) carries all 
 each message costs latency L on its worker:
   T(n) = W(n) [max(c / min(n, k), w(n) / B) + m(n) L / n],   S(n) = T(1) / T(n),
 where w(n) is b(n) on the wire: TCP/IPv4 on Ethernet, its segment headers and ACKs, as in the
-simulator (`sim.network.Framing`, the m(n) messages of a step taken as equal in size).
+simulator (`sim.framing.Framing`, the m(n) messages of a step taken as equal in size).
 `grow=True` is the paper's setting for ES: the population grows with the workers,
 P(n) = P n / n_ref (n_ref: the largest measured worker count), so the broadcast per iteration
 grows as n P(n); W stays as fitted (an assumption: larger populations may need more steps).
@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from esrl import config
-from esrl.sim.network import ETHERNET
+from esrl.sim.framing import ETHERNET
 
 SHAPED_RETURN_BYTES = 4.0  # one float32 per member in an ES broadcast
 BAND_GBIT = (0.1, 100.0)  # the sensitivity band of the extrapolation
