@@ -58,7 +58,9 @@ class Network:
 
     def _drain(self, key: tuple[Any, str]) -> list[float]:
         """The link's ACK backlog after sending what its idle time since it was last busy allowed."""
-        acks = self._acks.setdefault(key, [0.0, 0.0])
+        acks = self._acks.get(key)
+        if acks is None:  # no list built per call: this runs on every transfer
+            acks = self._acks[key] = [0.0, 0.0]
         if self.env.now > acks[1]:
             acks[0] = max(0.0, acks[0] - (self.env.now - acks[1]) * self.spec.bandwidth)
             acks[1] = self.env.now
